@@ -1,0 +1,199 @@
+package bridge
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// MAC table sizing and ageing. Package variables so tests can shrink them.
+var (
+	// DefaultMaxMACs bounds the table: a VM that floods new source addresses
+	// evicts old entries (counted) instead of growing memory.
+	DefaultMaxMACs = 8192
+	// MACAge is how long a learned entry lives without traffic from it.
+	MACAge = 5 * time.Minute
+)
+
+// origin says how a MAC table entry came to be.
+type origin uint8
+
+const (
+	originLearned   origin = iota // seen as a source address on the port
+	originAnnounced               // the peer of a fast-path link said it hosts the MAC
+)
+
+type macEntry struct {
+	port   *portState
+	origin origin
+	seen   atomic.Int64 // unix nanoseconds of the last frame from this MAC
+	ip     atomic.Pointer[netip.Addr]
+}
+
+// macTable maps MACs to ports. Lookups take a read lock; the write lock is
+// taken only when an address is new or moves, which is rare after warm-up.
+type macTable struct {
+	max     int
+	mu      sync.RWMutex
+	entries map[MAC]*macEntry
+	evicted atomic.Uint64
+	moves   atomic.Uint64
+}
+
+func newMACTable(max int) *macTable {
+	if max <= 0 {
+		max = DefaultMaxMACs
+	}
+	return &macTable{max: max, entries: make(map[MAC]*macEntry)}
+}
+
+// lookup returns the live port for mac, or nil.
+func (t *macTable) lookup(mac MAC, now int64) *portState {
+	t.mu.RLock()
+	e := t.entries[mac]
+	t.mu.RUnlock()
+	if e == nil || e.port.removed.Load() {
+		return nil
+	}
+	if e.origin == originLearned && now-e.seen.Load() > int64(MACAge) {
+		return nil
+	}
+	return e.port
+}
+
+// learn records that src was seen on p. Learning from a star link never
+// overrides an address that a fast-path peer announced (the fast path is the
+// better way to it); learning from a VM port overrides everything.
+func (t *macTable) learn(src MAC, p *portState, now int64) {
+	t.mu.RLock()
+	e := t.entries[src]
+	t.mu.RUnlock()
+	if e != nil && e.port == p {
+		if e.seen.Load() < now-int64(time.Second) { // keep the cache line quiet
+			e.seen.Store(now)
+		}
+		return
+	}
+	if e != nil && e.origin == originAnnounced && !e.port.removed.Load() && p.role != RoleLocal {
+		return
+	}
+	t.set(src, p, originLearned, now)
+}
+
+func (t *macTable) set(mac MAC, p *portState, o origin, now int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.entries[mac]
+	if old != nil {
+		if old.port == p && old.origin == o {
+			old.seen.Store(now)
+			return
+		}
+		t.moves.Add(1)
+	} else if len(t.entries) >= t.max {
+		t.evictLocked(now)
+	}
+	e := &macEntry{port: p, origin: o}
+	e.seen.Store(now)
+	if old != nil {
+		e.ip.Store(old.ip.Load())
+	}
+	t.entries[mac] = e
+}
+
+// evictLocked drops one entry: the oldest of a few sampled ones (map
+// iteration order is random), which is O(1) per insertion even under a flood
+// of new addresses.
+func (t *macTable) evictLocked(now int64) {
+	var victim MAC
+	oldest := now + 1
+	n := 0
+	for m, e := range t.entries {
+		if s := e.seen.Load(); s < oldest || e.port.removed.Load() {
+			victim, oldest = m, s
+		}
+		if n++; n == 8 {
+			break
+		}
+	}
+	delete(t.entries, victim)
+	t.evicted.Add(1)
+}
+
+// announce pins macs to fast-path port p, replacing what p announced before.
+func (t *macTable) announce(p *portState, macs []MAC, now int64) {
+	want := make(map[MAC]bool, len(macs))
+	for _, m := range macs {
+		want[m] = true
+	}
+	t.mu.Lock()
+	for m, e := range t.entries {
+		if e.port == p && e.origin == originAnnounced && !want[m] {
+			delete(t.entries, m)
+		}
+	}
+	t.mu.Unlock()
+	for _, m := range macs {
+		if m.IsMulticast() || m.IsZero() {
+			continue
+		}
+		t.mu.RLock()
+		e := t.entries[m]
+		t.mu.RUnlock()
+		if e != nil && e.port.role == RoleLocal && !e.port.removed.Load() {
+			continue // it is here; the peer is out of date
+		}
+		t.set(m, p, originAnnounced, now)
+	}
+}
+
+// flushPort forgets every entry on p (the port is going away).
+func (t *macTable) flushPort(p *portState) {
+	t.mu.Lock()
+	for m, e := range t.entries {
+		if e.port == p {
+			delete(t.entries, m)
+		}
+	}
+	t.mu.Unlock()
+}
+
+func (t *macTable) setIP(mac MAC, ip netip.Addr) {
+	t.mu.RLock()
+	e := t.entries[mac]
+	t.mu.RUnlock()
+	if e != nil {
+		if old := e.ip.Load(); old == nil || *old != ip {
+			e.ip.Store(&ip)
+		}
+	}
+}
+
+// MACEntry is one row of the MAC table, for the control API.
+type MACEntry struct {
+	MAC       MAC
+	Port      string
+	Role      Role
+	Announced bool
+	IP        netip.Addr
+	Age       time.Duration
+}
+
+func (t *macTable) snapshot(now int64) []MACEntry {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make([]MACEntry, 0, len(t.entries))
+	for m, e := range t.entries {
+		if e.port.removed.Load() {
+			continue
+		}
+		me := MACEntry{MAC: m, Port: e.port.name, Role: e.port.role, Announced: e.origin == originAnnounced,
+			Age: time.Duration(now - e.seen.Load())}
+		if ip := e.ip.Load(); ip != nil {
+			me.IP = *ip
+		}
+		out = append(out, me)
+	}
+	return out
+}

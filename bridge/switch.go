@@ -1,0 +1,566 @@
+package bridge
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// QueueLen is the depth of each port's output queue, in frames.
+var QueueLen = 1024
+
+// Drop reasons, counted per port. Ingress reasons count on the port the frame
+// came in on, egress reasons on the port it was going out of.
+const (
+	DropRunt       = iota // ingress: shorter than an Ethernet header
+	DropBadSource         // ingress: multicast or zero source address
+	DropNoRoute           // ingress: the only way out was where it came from
+	DropQueueFull         // egress: the output queue was full (slow port)
+	DropWriteError        // egress: the port failed to write
+	numDropReasons
+)
+
+// DropReasonNames names the drop reasons, for logs, the API and metrics.
+var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error"}
+
+type portCounters struct {
+	rxFrames, rxBytes, txFrames, txBytes atomic.Uint64
+	drops                                [numDropReasons]atomic.Uint64
+}
+
+// portState is the switch's record of one attached port.
+type portState struct {
+	name    string
+	role    Role
+	port    Port
+	queue   chan *frame
+	done    chan struct{}
+	removed atomic.Bool
+	wg      sync.WaitGroup
+	c       portCounters
+}
+
+// portSet is an immutable snapshot of the attached ports, replaced as a
+// whole when a port comes or goes, so readers need no lock.
+type portSet struct {
+	byName map[string]*portState
+	star   []*portState // flood set for frames from local and star ports
+	local  []*portState // flood set for frames from fast-path ports
+}
+
+// Observer sees every batch of frames a port received, before forwarding.
+// It runs on the port's reader goroutine and must not keep the slices.
+type Observer interface {
+	ObserveBatch(port string, frames [][]byte)
+}
+
+// Config configures a Switch.
+type Config struct {
+	Log      *slog.Logger // nil: discard
+	MaxMACs  int          // MAC table bound; 0: DefaultMaxMACs
+	Observer Observer     // optional; called once per received batch
+}
+
+// Switch is the layer-2 switch. Its methods are safe for concurrent use.
+type Switch struct {
+	log      *slog.Logger
+	observer Observer
+	macs     *macTable
+	pool     sync.Pool
+
+	mu    sync.Mutex // serialises port and rule changes
+	ports atomic.Pointer[portSet]
+	rules atomic.Pointer[[]Rule]
+	gen   atomic.Uint64 // bumped on any change that can alter a cached decision
+}
+
+// New returns a switch with no ports.
+func New(cfg Config) *Switch {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Switch{log: log, observer: cfg.Observer, macs: newMACTable(cfg.MaxMACs)}
+	s.pool.New = func() any { return new(frame) }
+	s.ports.Store(&portSet{byName: map[string]*portState{}})
+	s.rules.Store(&[]Rule{})
+	return s
+}
+
+func (s *Switch) getFrame() *frame  { return s.pool.Get().(*frame) }
+func (s *Switch) putFrame(f *frame) { f.n = 0; s.pool.Put(f) }
+
+// ErrPortExists is returned by AddPort for a name already in use.
+var ErrPortExists = errors.New("port name already in use")
+
+// AddPort attaches p under name and starts moving its frames. The switch owns
+// p from now on: RemovePort (or Close) closes it.
+func (s *Switch) AddPort(name string, role Role, p Port) error {
+	if name == "" {
+		return errors.New("empty port name")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.ports.Load()
+	if old.byName[name] != nil {
+		return fmt.Errorf("%w: %s", ErrPortExists, name)
+	}
+	ps := &portState{name: name, role: role, port: p, queue: make(chan *frame, QueueLen), done: make(chan struct{})}
+	s.publishLocked(old, ps, "")
+	ps.wg.Add(2)
+	go s.routineRead(ps)
+	go s.routineWrite(ps)
+	s.log.Debug("port attached", "port", name, "role", role)
+	return nil
+}
+
+// RemovePort detaches and closes the port called name, forgets the MACs
+// learned on it and waits for its goroutines. It reports whether it existed.
+func (s *Switch) RemovePort(name string) bool {
+	s.mu.Lock()
+	old := s.ports.Load()
+	ps := old.byName[name]
+	if ps == nil {
+		s.mu.Unlock()
+		return false
+	}
+	ps.removed.Store(true)
+	s.publishLocked(old, nil, name)
+	s.mu.Unlock()
+
+	s.macs.flushPort(ps)
+	close(ps.done)
+	ps.port.Close()
+	ps.wg.Wait()
+	s.log.Debug("port detached", "port", name)
+	return true
+}
+
+// publishLocked installs a new port set with add added and del removed.
+func (s *Switch) publishLocked(old *portSet, add *portState, del string) {
+	ns := &portSet{byName: make(map[string]*portState, len(old.byName)+1)}
+	for n, p := range old.byName {
+		if n != del {
+			ns.byName[n] = p
+		}
+	}
+	if add != nil {
+		ns.byName[add.name] = add
+	}
+	names := make([]string, 0, len(ns.byName))
+	for n := range ns.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names) // deterministic flood order
+	for _, n := range names {
+		p := ns.byName[n]
+		switch p.role {
+		case RoleLocal:
+			ns.star = append(ns.star, p)
+			ns.local = append(ns.local, p)
+		case RoleStar:
+			ns.star = append(ns.star, p)
+		}
+	}
+	s.ports.Store(ns)
+	s.gen.Add(1)
+}
+
+// SetRules replaces the rule set. Rules whose target port is not attached are
+// kept but inactive until it is.
+func (s *Switch) SetRules(rules []Rule) error {
+	if err := ValidateRules(rules); err != nil {
+		return err
+	}
+	cp := append([]Rule(nil), rules...)
+	s.mu.Lock()
+	s.rules.Store(&cp)
+	s.gen.Add(1)
+	s.mu.Unlock()
+	return nil
+}
+
+// Rules returns the current rule set.
+func (s *Switch) Rules() []Rule { return append([]Rule(nil), *s.rules.Load()...) }
+
+// Announce pins macs to the fast-path port called name: the peer at its far
+// end hosts them. It replaces what was announced on that port before.
+func (s *Switch) Announce(name string, macs []MAC) error {
+	p := s.ports.Load().byName[name]
+	if p == nil {
+		return fmt.Errorf("no port %s", name)
+	}
+	s.macs.announce(p, macs, time.Now().UnixNano())
+	s.gen.Add(1)
+	return nil
+}
+
+// Close detaches every port.
+func (s *Switch) Close() {
+	for name := range s.ports.Load().byName {
+		s.RemovePort(name)
+	}
+}
+
+// decision is the cached result of rule matching for one (src, dst).
+type decision struct {
+	gen  uint64
+	n    int8 // -1: no rule matched
+	outs [8]*portState
+}
+
+type cacheKey [12]byte
+
+// maxCache bounds a reader's decision cache (a source-address flood must not
+// grow it without limit).
+const maxCache = 4096
+
+// routineRead reads batches from one port and hands every frame to its
+// outputs' queues.
+func (s *Switch) routineRead(in *portState) {
+	defer in.wg.Done()
+	bs := max(in.port.BatchSize(), 1)
+	frames := make([]*frame, bs)
+	bufs := make([][]byte, bs)
+	sizes := make([]int, bs)
+	views := make([][]byte, 0, bs)
+	for i := range frames {
+		frames[i] = s.getFrame()
+		bufs[i] = frames[i].buf[:]
+	}
+	defer func() {
+		for _, f := range frames {
+			s.putFrame(f)
+		}
+	}()
+	r := reader{s: s, in: in, cache: make(map[cacheKey]*decision), outs: make([]*portState, 0, 64)}
+	for {
+		n, err := in.port.Read(bufs, sizes, Headroom)
+		for i := 0; i < n; i++ {
+			frames[i].n = sizes[i]
+		}
+		if s.observer != nil && n > 0 {
+			views = views[:0]
+			for i := 0; i < n; i++ {
+				views = append(views, frames[i].data())
+			}
+			s.observer.ObserveBatch(in.name, views)
+		}
+		now := time.Now().UnixNano()
+		for i := 0; i < n; i++ {
+			if r.forward(frames[i], now) {
+				frames[i] = s.getFrame()
+				bufs[i] = frames[i].buf[:]
+			}
+		}
+		if err != nil {
+			if !in.removed.Load() && !errors.Is(err, ErrClosed) {
+				s.log.Warn("port read failed; detaching it", "port", in.name, "err", err)
+				go s.RemovePort(in.name)
+			}
+			return
+		}
+	}
+}
+
+// reader is the per-port scratch of routineRead: no other goroutine touches it.
+type reader struct {
+	s     *Switch
+	in    *portState
+	cache map[cacheKey]*decision
+	spare []*decision // evicted cache entries, reused
+	outs  []*portState
+}
+
+// forward sends f on its way. It reports whether it gave f away (the caller
+// must then take a new buffer); false means f is still the caller's.
+func (r *reader) forward(f *frame, now int64) bool {
+	in, s := r.in, r.s
+	n := f.n
+	in.c.rxFrames.Add(1)
+	in.c.rxBytes.Add(uint64(n))
+	if n < MinFrame {
+		in.c.drops[DropRunt].Add(1)
+		return false
+	}
+	d := f.data()
+	var dst, src MAC
+	copy(dst[:], d[0:6])
+	copy(src[:], d[6:12])
+	if src.IsMulticast() || src.IsZero() {
+		in.c.drops[DropBadSource].Add(1)
+		return false
+	}
+	s.macs.learn(src, in, now)
+	if in.role == RoleLocal && binary.BigEndian.Uint16(d[12:14]) == 0x0806 && n >= 14+28 {
+		// ARP from a VM: note its IPv4 address for `vnet ctl vms`.
+		if ip, ok := netip.AddrFromSlice(d[14+14 : 14+18]); ok && !ip.IsUnspecified() {
+			s.macs.setIP(src, ip)
+		}
+	}
+
+	set := s.ports.Load()
+	outs := r.outs[:0]
+	matched := false
+	if rules := *s.rules.Load(); len(rules) > 0 {
+		outs, matched = r.ruleOutputs(rules, set, src, dst, outs)
+	}
+	if !matched {
+		if !dst.IsMulticast() {
+			if p := s.macs.lookup(dst, now); p != nil {
+				if p == in {
+					in.c.drops[DropNoRoute].Add(1)
+					return false
+				}
+				outs = append(outs, p)
+			}
+		}
+		if len(outs) == 0 {
+			flood := set.star
+			if in.role == RoleFast {
+				flood = set.local
+			}
+			for _, p := range flood {
+				if p != in {
+					outs = append(outs, p)
+				}
+			}
+		}
+	}
+	r.outs = outs
+	if len(outs) == 0 {
+		in.c.drops[DropNoRoute].Add(1)
+		return false
+	}
+	// Every output but the first gets its own copy: one owner per buffer,
+	// since a link may write its header into the headroom in place.
+	for _, p := range outs[1:] {
+		c := s.getFrame()
+		c.n = n
+		copy(c.data(), d)
+		s.enqueue(p, c)
+	}
+	s.enqueue(outs[0], f)
+	return true
+}
+
+// ruleOutputs returns the outputs chosen by rules, from the cache when it is
+// current.
+func (r *reader) ruleOutputs(rules []Rule, set *portSet, src, dst MAC, outs []*portState) ([]*portState, bool) {
+	gen := r.s.gen.Load()
+	var k cacheKey
+	copy(k[:6], src[:])
+	copy(k[6:], dst[:])
+	dec := r.cache[k]
+	if dec == nil || dec.gen != gen {
+		if dec == nil {
+			if len(r.cache) >= maxCache {
+				for k, v := range r.cache {
+					r.spare = append(r.spare, v)
+					delete(r.cache, k)
+				}
+			}
+			if n := len(r.spare); n > 0 {
+				dec, r.spare = r.spare[n-1], r.spare[:n-1]
+			} else {
+				dec = new(decision)
+			}
+			r.cache[k] = dec
+		}
+		var matchedOuts [8]*portState
+		got, score := matchRules(rules, set, nil, src, dst, matchedOuts[:0])
+		dec.gen = gen
+		dec.n = -1
+		if score > 0 {
+			dec.n = int8(copy(dec.outs[:], got))
+		}
+	}
+	if dec.n < 0 {
+		return outs, false
+	}
+	for _, p := range dec.outs[:dec.n] {
+		if p != r.in {
+			outs = append(outs, p)
+		}
+	}
+	return outs, true
+}
+
+func (s *Switch) enqueue(p *portState, f *frame) {
+	select {
+	case p.queue <- f:
+	default:
+		p.c.drops[DropQueueFull].Add(1)
+		s.putFrame(f)
+	}
+}
+
+// routineWrite drains one port's queue in batches.
+func (s *Switch) routineWrite(p *portState) {
+	defer p.wg.Done()
+	bs := max(p.port.BatchSize(), 1)
+	batch := make([]*frame, 0, bs)
+	bufs := make([][]byte, bs)
+	release := func() {
+		for i, f := range batch {
+			s.putFrame(f)
+			batch[i] = nil
+		}
+		batch = batch[:0]
+	}
+	for {
+		select {
+		case f := <-p.queue:
+			batch = append(batch, f)
+		case <-p.done:
+			for {
+				select {
+				case f := <-p.queue:
+					s.putFrame(f)
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < bs {
+			select {
+			case f := <-p.queue:
+				batch = append(batch, f)
+			default:
+				break fill
+			}
+		}
+		var bytes uint64
+		for i, f := range batch {
+			bufs[i] = f.buf[:Headroom+f.n]
+			bytes += uint64(f.n)
+		}
+		n, err := p.port.Write(bufs[:len(batch)], Headroom)
+		if n > 0 {
+			p.c.txFrames.Add(uint64(n))
+			for _, f := range batch[:n] {
+				p.c.txBytes.Add(uint64(f.n))
+			}
+		}
+		if err != nil && n < len(batch) {
+			p.c.drops[DropWriteError].Add(uint64(len(batch) - n))
+		}
+		release()
+	}
+}
+
+// PortStats is a snapshot of one port's counters.
+type PortStats struct {
+	Name                                 string
+	Role                                 Role
+	RxFrames, RxBytes, TxFrames, TxBytes uint64
+	Drops                                map[string]uint64 // by reason; only non-zero reasons
+}
+
+// Stats returns every port's counters, sorted by name.
+func (s *Switch) Stats() []PortStats {
+	set := s.ports.Load()
+	out := make([]PortStats, 0, len(set.byName))
+	for _, p := range set.byName {
+		out = append(out, p.stats())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// PortStats returns the counters of the port called name.
+func (s *Switch) PortStats(name string) (PortStats, bool) {
+	p := s.ports.Load().byName[name]
+	if p == nil {
+		return PortStats{}, false
+	}
+	return p.stats(), true
+}
+
+// DropCounter is implemented by ports that drop frames on their own (e.g. a
+// QEMU socket with no VM connected); Stats folds its counts in.
+type DropCounter interface {
+	Drops() map[string]uint64
+}
+
+func (p *portState) stats() PortStats {
+	st := PortStats{Name: p.name, Role: p.role, RxFrames: p.c.rxFrames.Load(), RxBytes: p.c.rxBytes.Load(),
+		TxFrames: p.c.txFrames.Load(), TxBytes: p.c.txBytes.Load(), Drops: map[string]uint64{}}
+	for i := range p.c.drops {
+		if v := p.c.drops[i].Load(); v > 0 {
+			st.Drops[DropReasonNames[i]] = v
+		}
+	}
+	if dc, ok := p.port.(DropCounter); ok {
+		for k, v := range dc.Drops() {
+			if v > 0 {
+				st.Drops[k] += v
+			}
+		}
+	}
+	return st
+}
+
+// MACs returns the MAC table.
+func (s *Switch) MACs() []MACEntry {
+	out := s.macs.snapshot(time.Now().UnixNano())
+	sort.Slice(out, func(i, j int) bool { return string(out[i].MAC[:]) < string(out[j].MAC[:]) })
+	return out
+}
+
+// MACStats reports how many MAC entries were evicted (table full) and moved.
+func (s *Switch) MACStats() (evicted, moved uint64) { return s.macs.evicted.Load(), s.macs.moves.Load() }
+
+// Decision is what the switch would do now with a frame from src to dst that
+// arrived on port in ("" for a local VM port).
+type Decision struct {
+	Outputs []string // port names
+	Roles   []Role
+	By      string // "rule", "mac", "flood" or "none"
+}
+
+// Lookup answers Decision for `vnet ctl route` without sending anything.
+func (s *Switch) Lookup(in string, src, dst MAC) Decision {
+	set := s.ports.Load()
+	inp := set.byName[in]
+	var outs []*portState
+	by := "none"
+	if rules := *s.rules.Load(); len(rules) > 0 {
+		var sc int
+		if outs, sc = matchRules(rules, set, inp, src, dst, nil); sc > 0 {
+			by = "rule"
+		}
+	}
+	if by == "none" && !dst.IsMulticast() {
+		if p := s.macs.lookup(dst, time.Now().UnixNano()); p != nil && p != inp {
+			outs, by = []*portState{p}, "mac"
+		}
+	}
+	if by == "none" {
+		flood := set.star
+		if inp != nil && inp.role == RoleFast {
+			flood = set.local
+		}
+		for _, p := range flood {
+			if p != inp {
+				outs = append(outs, p)
+			}
+		}
+		if len(outs) > 0 {
+			by = "flood"
+		}
+	}
+	d := Decision{By: by}
+	for _, p := range outs {
+		d.Outputs = append(d.Outputs, p.name)
+		d.Roles = append(d.Roles, p.role)
+	}
+	return d
+}

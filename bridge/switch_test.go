@@ -1,0 +1,280 @@
+package bridge_test
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"vnet/bridge"
+	"vnet/bridge/bridgetest"
+)
+
+const wait = 2 * time.Second
+const quiet = 50 * time.Millisecond
+
+func mac(b byte) bridge.MAC { return bridge.MAC{0x52, 0x54, 0, 0, 0, b} }
+
+type rig struct {
+	t     *testing.T
+	sw    *bridge.Switch
+	ports map[string]*bridgetest.ChanPort
+}
+
+// newRig builds a switch with the named ports; role by prefix: v* local,
+// s* star, f* fast.
+func newRig(t *testing.T, names ...string) *rig {
+	t.Helper()
+	r := &rig{t: t, sw: bridge.New(bridge.Config{}), ports: map[string]*bridgetest.ChanPort{}}
+	for _, n := range names {
+		r.add(n)
+	}
+	t.Cleanup(r.sw.Close)
+	return r
+}
+
+func (r *rig) add(n string) {
+	role := map[byte]bridge.Role{'v': bridge.RoleLocal, 's': bridge.RoleStar, 'f': bridge.RoleFast}[n[0]]
+	p := bridgetest.NewChanPort(64)
+	if err := r.sw.AddPort(n, role, p); err != nil {
+		r.t.Fatal(err)
+	}
+	r.ports[n] = p
+}
+
+// send injects a frame src->dst on port in and returns the set of ports it
+// came out of (waiting a moment for stragglers).
+func (r *rig) send(in string, src, dst bridge.MAC) map[string]bool {
+	r.t.Helper()
+	payload := []byte(fmt.Sprintf("payload %s->%s via %s %d", src, dst, in, time.Now().UnixNano()))
+	f := bridgetest.Frame(dst, src, payload)
+	r.ports[in].Inject(f)
+	got := map[string]bool{}
+	deadline := time.After(quiet * 4)
+	for {
+		progress := false
+		for name, p := range r.ports {
+			select {
+			case o := <-p.Out:
+				if !bytes.Equal(o, f) {
+					r.t.Fatalf("port %s got a different frame: %x", name, o)
+				}
+				if got[name] {
+					r.t.Fatalf("port %s got the frame twice", name)
+				}
+				got[name] = true
+				progress = true
+			default:
+			}
+		}
+		if !progress {
+			select {
+			case <-deadline:
+				return got
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}
+}
+
+func keys(m map[string]bool) string {
+	var s []string
+	for _, n := range []string{"v1", "v2", "v3", "s1", "s2", "f1", "f2"} {
+		if m[n] {
+			s = append(s, n)
+		}
+	}
+	return fmt.Sprint(s)
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestLearningAndFlooding(t *testing.T) {
+	r := newRig(t, "v1", "v2", "s1", "f1")
+	// Unknown destination: flood on the star, never back out v1, never on the fast path.
+	if got := keys(r.send("v1", mac(1), mac(2))); got != "[v2 s1]" {
+		t.Fatalf("flood from v1 went to %s", got)
+	}
+	// mac(1) is now learned on v1: a reply goes only there.
+	if got := keys(r.send("s1", mac(2), mac(1))); got != "[v1]" {
+		t.Fatalf("reply went to %s", got)
+	}
+	// and mac(2) was learned on s1.
+	if got := keys(r.send("v2", mac(3), mac(2))); got != "[s1]" {
+		t.Fatalf("unicast to learned mac went to %s", got)
+	}
+	// Broadcast is flooded even when learned.
+	if got := keys(r.send("v1", mac(1), bridge.Broadcast)); got != "[v2 s1]" {
+		t.Fatalf("broadcast went to %s", got)
+	}
+	// A flood arriving on a fast path goes to local ports only: no loop through the star.
+	if got := keys(r.send("f1", mac(9), bridge.Broadcast)); got != "[v1 v2]" {
+		t.Fatalf("flood from fast path went to %s", got)
+	}
+	// A destination learned on the ingress port is not sent back.
+	if got := keys(r.send("v1", mac(5), mac(1))); got != "[]" {
+		t.Fatalf("frame to a MAC behind its own port went to %s", got)
+	}
+}
+
+func TestStarFloodOnProxy(t *testing.T) {
+	// The proxy: several star links; a broadcast from one reaches all others once.
+	r := newRig(t, "s1", "s2", "v1")
+	if got := keys(r.send("s1", mac(1), bridge.Broadcast)); got != "[v1 s2]" {
+		t.Fatalf("got %s", got)
+	}
+}
+
+func TestBadFramesCounted(t *testing.T) {
+	r := newRig(t, "v1", "v2")
+	r.ports["v1"].Inject([]byte{1, 2, 3})
+	r.ports["v1"].Inject(bridgetest.Frame(mac(2), bridge.Broadcast, nil)) // multicast source
+	if _, ok := r.ports["v2"].Expect(quiet * 2); ok {
+		t.Fatal("bad frame was forwarded")
+	}
+	st, _ := r.sw.PortStats("v1")
+	if st.Drops["runt"] != 1 || st.Drops["bad-source"] != 1 {
+		t.Fatalf("drops = %v", st.Drops)
+	}
+}
+
+func TestRulesOverrideLearning(t *testing.T) {
+	r := newRig(t, "v1", "v2", "s1", "f1")
+	r.send("s1", mac(2), bridge.Broadcast) // learn mac(2) on s1
+	rule, err := bridge.ParseRule("any", mac(2).String(), "link:f1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.sw.SetRules([]bridge.Rule{rule}); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(r.send("v1", mac(1), mac(2))); got != "[f1]" {
+		t.Fatalf("rule ignored: went to %s", got)
+	}
+	// The fast path goes away: the rule is inactive, learning takes over again.
+	r.sw.RemovePort("f1")
+	delete(r.ports, "f1")
+	if got := keys(r.send("v1", mac(1), mac(2))); got != "[s1]" {
+		t.Fatalf("after fast path removal went to %s", got)
+	}
+	// It comes back: the rule fires again (the decision cache was flushed).
+	r.add("f1")
+	if got := keys(r.send("v1", mac(1), mac(2))); got != "[f1]" {
+		t.Fatalf("after fast path re-add went to %s", got)
+	}
+}
+
+func TestRulePrecedenceAndFanOut(t *testing.T) {
+	r := newRig(t, "v1", "v2", "v3", "s1", "f1", "f2")
+	must := func(src, dst, to string) bridge.Rule {
+		rl, err := bridge.ParseRule(src, dst, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rl
+	}
+	a, b, c := mac(1), mac(2), mac(3)
+	rules := []bridge.Rule{
+		must("any", "any", "link:s1"),                  // 6
+		must(a.String(), "any", "link:f1"),             // 8
+		must("not:"+a.String(), "any", "port:v3"),      // 5
+		must("not:"+a.String(), c.String(), "link:f2"), // 7
+		must(b.String(), c.String(), "link:f1"),        // 8
+		must(b.String(), c.String(), "link:f2"),        // 8: tie, fan-out
+	}
+	if err := r.sw.SetRules(rules); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		in       string
+		src, dst bridge.MAC
+		want     string
+	}{
+		{"v1", a, b, "[f1]"},           // exact/any beats any/any
+		{"v2", b, c, "[f1 f2]"},        // exact/exact tie: both fire
+		{"v2", mac(4), c, "[f2]"},      // not/exact (7) beats any/any (6) and not/any (5)
+		{"v2", mac(4), mac(5), "[s1]"}, // any/any (6) beats not/any (5)
+		{"v1", a, a, "[f1]"},
+	}
+	for _, tc := range cases {
+		if got := keys(r.send(tc.in, tc.src, tc.dst)); got != tc.want {
+			t.Errorf("%s %s->%s: went to %s, want %s", tc.in, tc.src, tc.dst, got, tc.want)
+		}
+	}
+	// A rule whose target is the ingress port does not send back.
+	if got := keys(r.send("s1", mac(4), mac(5))); got != "[]" {
+		t.Errorf("rule sent a frame back out its ingress port: %s", got)
+	}
+	if err := r.sw.SetRules([]bridge.Rule{rules[0], rules[0]}); err == nil {
+		t.Error("duplicate rules accepted")
+	}
+	d := r.sw.Lookup("v2", b, c)
+	if d.By != "rule" || fmt.Sprint(d.Outputs) != "[f1 f2]" {
+		t.Errorf("Lookup = %+v", d)
+	}
+}
+
+func TestAnnouncedBeatsStarLearning(t *testing.T) {
+	r := newRig(t, "v1", "s1", "f1")
+	r.send("s1", mac(2), bridge.Broadcast) // mac(2) learned via the star
+	if err := r.sw.Announce("f1", []bridge.MAC{mac(2)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(r.send("v1", mac(1), mac(2))); got != "[f1]" {
+		t.Fatalf("announced MAC reached via %s", got)
+	}
+	// More frames from mac(2) over the star do not undo the announcement.
+	r.send("s1", mac(2), bridge.Broadcast)
+	if got := keys(r.send("v1", mac(1), mac(2))); got != "[f1]" {
+		t.Fatalf("after star traffic: %s", got)
+	}
+	// Fast path gone: back to flooding, then learning.
+	r.sw.RemovePort("f1")
+	delete(r.ports, "f1")
+	if got := keys(r.send("v1", mac(1), mac(2))); got != "[s1]" {
+		t.Fatalf("after fast path loss: %s", got)
+	}
+}
+
+func TestMACTableBounded(t *testing.T) {
+	sw := bridge.New(bridge.Config{MaxMACs: 16})
+	defer sw.Close()
+	p := bridgetest.NewChanPort(1024)
+	q := bridgetest.NewChanPort(1024)
+	sw.AddPort("v1", bridge.RoleLocal, p)
+	sw.AddPort("v2", bridge.RoleLocal, q)
+	for i := 0; i < 200; i++ {
+		p.Inject(bridgetest.Frame(bridge.Broadcast, bridge.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}, nil))
+	}
+	for i := 0; i < 200; i++ {
+		if _, ok := q.Expect(wait); !ok {
+			t.Fatalf("frame %d not flooded", i)
+		}
+	}
+	if n := len(sw.MACs()); n > 16 {
+		t.Fatalf("table holds %d entries, bound 16", n)
+	}
+	if ev, _ := sw.MACStats(); ev < 200-16 {
+		t.Fatalf("evicted %d, want >= %d", ev, 200-16)
+	}
+}
+
+func TestParseRuleErrors(t *testing.T) {
+	for _, c := range [][3]string{
+		{"any", "zz:zz", "link:x"},
+		{"not:", "any", "link:x"},
+		{"any", "any", "links:x"},
+		{"any", "any", "link:"},
+		{"52:54:00:00:00", "any", "port:v"},
+	} {
+		if _, err := bridge.ParseRule(c[0], c[1], c[2]); err == nil {
+			t.Errorf("ParseRule(%q) accepted", c)
+		}
+	}
+	r, err := bridge.ParseRule("52-54-00-AA-BB-CC", "NOT:52:54:00:00:00:01", "port:tap0")
+	if err != nil || r.String() != "52:54:00:aa:bb:cc not:52:54:00:00:00:01 -> port:tap0" {
+		t.Fatalf("got %v, %v", r, err)
+	}
+}
