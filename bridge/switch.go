@@ -516,7 +516,9 @@ func (s *Switch) MACs() []MACEntry {
 }
 
 // MACStats reports how many MAC entries were evicted (table full) and moved.
-func (s *Switch) MACStats() (evicted, moved uint64) { return s.macs.evicted.Load(), s.macs.moves.Load() }
+func (s *Switch) MACStats() (evicted, moved uint64) {
+	return s.macs.evicted.Load(), s.macs.moves.Load()
+}
 
 // Decision is what the switch would do now with a frame from src to dst that
 // arrived on port in ("" for a local VM port).
