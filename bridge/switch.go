@@ -123,22 +123,28 @@ func (s *Switch) AddPort(name string, role Role, p Port) error {
 // RemovePort detaches and closes the port called name, forgets the MACs
 // learned on it and waits for its goroutines. It reports whether it existed.
 func (s *Switch) RemovePort(name string) bool {
+	ps := s.ports.Load().byName[name]
+	return ps != nil && s.removeState(ps)
+}
+
+// removeState detaches ps if it is still attached (a port of the same name
+// attached later is left alone).
+func (s *Switch) removeState(ps *portState) bool {
 	s.mu.Lock()
 	old := s.ports.Load()
-	ps := old.byName[name]
-	if ps == nil {
+	if old.byName[ps.name] != ps {
 		s.mu.Unlock()
 		return false
 	}
 	ps.removed.Store(true)
-	s.publishLocked(old, nil, name)
+	s.publishLocked(old, nil, ps.name)
 	s.mu.Unlock()
 
 	s.macs.flushPort(ps)
 	close(ps.done)
 	ps.port.Close()
 	ps.wg.Wait()
-	s.log.Debug("port detached", "port", name)
+	s.log.Debug("port detached", "port", ps.name)
 	return true
 }
 
@@ -262,7 +268,7 @@ func (s *Switch) routineRead(in *portState) {
 		if err != nil {
 			if !in.removed.Load() && !errors.Is(err, ErrClosed) {
 				s.log.Warn("port read failed; detaching it", "port", in.name, "err", err)
-				go s.RemovePort(in.name)
+				go s.removeState(in)
 			}
 			return
 		}
