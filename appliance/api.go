@@ -1,0 +1,162 @@
+package appliance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// maxBody bounds API request bodies (a topology file is the largest).
+const maxBody = 4 << 20
+
+// apiServer serves the control API (HTTP+JSON under /api/v1/).
+type apiServer struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+// apiError is an error with an HTTP status; its message is shown to the
+// user of `vnet ctl` as it is.
+type apiError struct {
+	code int
+	msg  string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func badRequest(format string, a ...any) error {
+	return &apiError{http.StatusBadRequest, fmt.Sprintf(format, a...)}
+}
+
+func notFound(format string, a ...any) error {
+	return &apiError{http.StatusNotFound, fmt.Sprintf(format, a...)}
+}
+
+func startAPI(addr string, mux *http.ServeMux, log *slog.Logger) (*apiServer, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--api %s: %v", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("--api %s: the control API listens on loopback only (e.g. 127.0.0.1:7777)", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("control API: %w", err)
+	}
+	s := &apiServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}}
+	go s.srv.Serve(ln)
+	return s, nil
+}
+
+func (s *apiServer) addr() string { return s.ln.Addr().String() }
+
+func (s *apiServer) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.srv.Shutdown(ctx)
+}
+
+// handle adapts a function returning a value or an error to an HTTP handler.
+func handle(f func(r *http.Request) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		v, err := f(r)
+		if err != nil {
+			code := http.StatusInternalServerError
+			var ae *apiError
+			var mbe *http.MaxBytesError
+			switch {
+			case errors.As(err, &ae):
+				code = ae.code
+			case errors.As(err, &mbe):
+				code = http.StatusRequestEntityTooLarge
+			}
+			writeJSON(w, code, map[string]string{"error": err.Error()})
+			return
+		}
+		if s, ok := v.(textBody); ok {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			io.WriteString(w, string(s))
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+// textBody is a handler result sent as plain text.
+type textBody string
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// decodeBody reads a JSON request body into v, strictly.
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return badRequest("malformed request body: %v", err)
+	}
+	return nil
+}
+
+// routes of a host's API: a read-only local view. Changes go to the proxy.
+func (h *Host) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/status", handle(func(*http.Request) (any, error) {
+		h.mu.Lock()
+		star := h.mu.star
+		h.mu.Unlock()
+		st := Status{Role: "host", Name: h.cfg.Name, Version: Version, UptimeS: int64(time.Since(h.start).Seconds()),
+			Listen: []string{h.ln.Addr().String()}, Proxy: h.cfg.Proxies[0].String(), ProxyState: "down",
+			MACs: len(h.sw.MACs()), Ports: portInfos(h.sw)}
+		if star != nil {
+			st.ProxyState, st.Proxy = "up", star.RemoteAddr().String()
+		}
+		for _, l := range h.hostLinks() {
+			if l.State == "up" {
+				st.LinksUp++
+			}
+		}
+		return st, nil
+	}))
+	mux.HandleFunc("GET /api/v1/links", handle(func(*http.Request) (any, error) { return h.hostLinks(), nil }))
+	mux.HandleFunc("GET /api/v1/rules", handle(func(*http.Request) (any, error) {
+		return ruleInfos(h.cfg.Name, h.sw.Rules()), nil
+	}))
+	mux.HandleFunc("GET /api/v1/vms", handle(func(*http.Request) (any, error) {
+		vms := localVMs(h.sw, h.cfg.Name)
+		if vms == nil {
+			vms = []VMInfo{}
+		}
+		return vms, nil
+	}))
+	mux.HandleFunc("GET /api/v1/hosts", handle(func(*http.Request) (any, error) {
+		st := h.status()
+		hi := HostInfo{Name: h.cfg.Name, Addrs: st.Listen, NAT: "unknown", State: "up", VMs: []string{}, API: st.API}
+		for _, vm := range st.VMs {
+			hi.VMs = append(hi.VMs, vm.MAC)
+		}
+		return []HostInfo{hi}, nil
+	}))
+	mux.HandleFunc("/api/v1/", handle(func(r *http.Request) (any, error) {
+		return nil, &apiError{http.StatusNotFound, fmt.Sprintf("%s %s: not served by a host; ask the proxy (vnet ctl --api PROXY-API)", r.Method, r.URL.Path)}
+	}))
+	return mux
+}

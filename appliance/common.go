@@ -1,0 +1,175 @@
+package appliance
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"vnet/bridge"
+	"vnet/topo"
+)
+
+// Version is set by main from the build.
+var Version = "dev"
+
+// LocalPort is a VM-facing port to attach to a daemon's switch.
+type LocalPort struct {
+	Name string
+	Port bridge.Port
+}
+
+// StarLinkName is the name of host's link to the proxy, on both ends.
+func StarLinkName(host string) string { return topo.StarLinkName(host) }
+
+// FastLinkName is the name of the fast link between hosts a and b.
+func FastLinkName(a, b string) string { return topo.Link{A: min(a, b), B: max(a, b)}.Name() }
+
+// ValidName checks a host name as the topology language does.
+func ValidName(name string) error {
+	if name == topo.ProxyHost || name == "star" {
+		return fmt.Errorf("host name %q is reserved", name)
+	}
+	t := &topo.Topology{Hosts: []string{name}}
+	if err := t.Validate(); err != nil {
+		return fmt.Errorf("invalid host name %q: %w", name, err)
+	}
+	return nil
+}
+
+func portInfos(sw *bridge.Switch) []PortInfo {
+	var out []PortInfo
+	for _, st := range sw.Stats() {
+		out = append(out, PortInfo{Name: st.Name, Role: st.Role.String(), RxFrames: st.RxFrames, RxBytes: st.RxBytes,
+			TxFrames: st.TxFrames, TxBytes: st.TxBytes, Drops: st.Drops})
+	}
+	return out
+}
+
+// localVMs lists the MACs learned on VM-facing ports.
+func localVMs(sw *bridge.Switch, host string) []VMInfo {
+	var out []VMInfo
+	for _, e := range sw.MACs() {
+		if e.Role != bridge.RoleLocal || e.Announced {
+			continue
+		}
+		vm := VMInfo{MAC: e.MAC.String(), Host: host, Port: e.Port, IPs: []string{}}
+		if e.IP.IsValid() {
+			vm.IPs = append(vm.IPs, e.IP.String())
+		}
+		out = append(out, vm)
+	}
+	return out
+}
+
+func ruleInfos(host string, rules []bridge.Rule) []RuleInfo {
+	out := []RuleInfo{}
+	for _, r := range rules {
+		out = append(out, RuleInfo{Host: host, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()})
+	}
+	return out
+}
+
+func parseRuleInfo(r RuleInfo) (bridge.Rule, error) { return bridge.ParseRule(r.Src, r.Dst, r.To) }
+
+func parseRuleInfos(rs []RuleInfo) ([]bridge.Rule, error) {
+	var out []bridge.Rule
+	var errs []error
+	for _, r := range rs {
+		br, err := parseRuleInfo(r)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, br)
+	}
+	return out, errors.Join(errs...)
+}
+
+// candidateAddrs lists host:port candidates for a listener bound to bound
+// (port from it; if bound to the unspecified address, every usable
+// interface address).
+func candidateAddrs(bound net.Addr, extra ...netip.Addr) []string {
+	ap, err := netip.ParseAddrPort(bound.String())
+	if err != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	add := func(ip netip.Addr) {
+		s := netip.AddrPortFrom(ip.Unmap(), ap.Port()).String()
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, ip := range extra {
+		if ip.IsValid() && !ip.IsUnspecified() {
+			add(ip)
+		}
+	}
+	if !ap.Addr().IsUnspecified() {
+		add(ap.Addr())
+		return out
+	}
+	addrs, _ := net.InterfaceAddrs()
+	var loop []netip.Addr
+	for _, a := range addrs {
+		pfx, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		ip := pfx.Addr()
+		switch {
+		case ip.IsLinkLocalUnicast(), ip.IsMulticast():
+		case ip.IsLoopback():
+			loop = append(loop, ip)
+		default:
+			add(ip)
+		}
+	}
+	for _, ip := range loop { // last: only useful when everything is on one machine
+		add(ip)
+	}
+	return out
+}
+
+func addrIP(a net.Addr) netip.Addr {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func discardIfNil(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return strings.TrimSpace(err.Error())
+}
+
+func mac6(hw net.HardwareAddr) bridge.MAC {
+	var m bridge.MAC
+	copy(m[:], hw)
+	return m
+}

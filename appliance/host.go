@@ -1,0 +1,600 @@
+package appliance
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"vnet/bridge"
+	"vnet/tunnel"
+)
+
+// Timing of the host's loops. Package variables so tests can shrink them.
+var (
+	// StatusInterval is how often a host checks whether to report to the
+	// proxy; it reports on change and at least every StatusRefresh.
+	StatusInterval = time.Second
+	StatusRefresh  = 5 * time.Second
+	// ProxyBackoff bounds the delay between attempts to reach the proxy.
+	ProxyBackoffMin, ProxyBackoffMax = 250 * time.Millisecond, 15 * time.Second
+	// FastBackoff bounds the delay between attempts to open a fast link.
+	FastBackoffMin, FastBackoffMax = 100 * time.Millisecond, 5 * time.Second
+	// FastDialTimeout bounds one attempt at one candidate address.
+	FastDialTimeout = 3 * time.Second
+)
+
+// HostConfig configures a host daemon.
+type HostConfig struct {
+	Name    string            // unique in the network; required
+	Proxies []tunnel.Endpoint // tried in order; at least one
+	Key     tunnel.Key
+	Listen  tunnel.Endpoint // for fast links from other hosts; zero: tcp://:0
+	API     string          // control API address; "" for none
+	Ports   []LocalPort     // VM-facing ports to attach
+	Log     *slog.Logger
+}
+
+// Host is a running host daemon.
+type Host struct {
+	cfg   HostConfig
+	log   *slog.Logger
+	sw    *bridge.Switch
+	creds *tunnel.Credentials
+	ln    *tunnel.Listener
+	api   *apiServer
+	start time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		star      *tunnel.Link
+		starErr   string
+		desired   map[string]fastLink     // fast links the proxy wants, by name
+		dialers   map[string]func()       // cancel funcs of running dialers
+		fast      map[string]*tunnel.Link // fast links that are up
+		fastErr   map[string]string
+		announced string // JSON of the MACs last announced on fast links
+		sent      []byte // last status sent
+		sentAt    time.Time
+	}
+}
+
+// NewHost validates cfg, opens the fast-link listener and the API, attaches
+// the ports and starts the daemon.
+func NewHost(cfg HostConfig) (_ *Host, err error) {
+	if err := ValidName(cfg.Name); err != nil {
+		return nil, err
+	}
+	if len(cfg.Proxies) == 0 {
+		return nil, errors.New("no proxy given (--proxy tcp://HOST:5000)")
+	}
+	if cfg.Listen.Kind == "" {
+		cfg.Listen = tunnel.Endpoint{Kind: "tcp", Addr: ":0"}
+	}
+	log := discardIfNil(cfg.Log).With("host", cfg.Name)
+	h := &Host{cfg: cfg, log: log, start: time.Now()}
+	h.mu.desired = map[string]fastLink{}
+	h.mu.dialers = map[string]func(){}
+	h.mu.fast = map[string]*tunnel.Link{}
+	h.mu.fastErr = map[string]string{}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	cleanup := []func(){h.cancel}
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+		}
+	}()
+	if h.creds, err = tunnel.NewCredentials(cfg.Key, cfg.Name); err != nil {
+		return nil, err
+	}
+	h.sw = bridge.New(bridge.Config{Log: log})
+	cleanup = append(cleanup, h.sw.Close)
+	for _, p := range cfg.Ports {
+		if err := h.sw.AddPort(p.Name, bridge.RoleLocal, p.Port); err != nil {
+			return nil, fmt.Errorf("port %s: %w", p.Name, err)
+		}
+	}
+	if h.ln, err = tunnel.Listen(cfg.Listen, h.creds, log); err != nil {
+		return nil, fmt.Errorf("fast-link listener: %w", err)
+	}
+	cleanup = append(cleanup, func() { h.ln.Close() })
+	if cfg.API != "" {
+		if h.api, err = startAPI(cfg.API, h.routes(), log); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("host started", "listen", h.ln.Addr().String(), "api", cfg.API, "ports", len(cfg.Ports))
+	h.wg.Add(3)
+	go h.routineStar()
+	go h.routineAccept()
+	go h.routineStatus()
+	return h, nil
+}
+
+// Switch is the host's switch.
+func (h *Host) Switch() *bridge.Switch { return h.sw }
+
+// APIAddr is where the control API listens ("" if none).
+func (h *Host) APIAddr() string {
+	if h.api == nil {
+		return ""
+	}
+	return h.api.addr()
+}
+
+// Close stops the daemon and closes its ports.
+func (h *Host) Close() {
+	h.cancel()
+	if h.api != nil {
+		h.api.close()
+	}
+	h.ln.Close()
+	h.mu.Lock()
+	for _, l := range h.mu.fast {
+		l.Close()
+	}
+	if h.mu.star != nil {
+		h.mu.star.Close()
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+	h.sw.Close()
+	h.log.Info("host stopped")
+}
+
+// routineStar keeps the star link to the proxy up, forever.
+func (h *Host) routineStar() {
+	defer h.wg.Done()
+	name := StarLinkName(h.cfg.Name)
+	bo := tunnel.Backoff{Min: ProxyBackoffMin, Max: ProxyBackoffMax}
+	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: name}
+	for h.ctx.Err() == nil {
+		var link *tunnel.Link
+		var errs []error
+		for _, ep := range h.cfg.Proxies {
+			l, err := tunnel.Dial(h.ctx, ep, h.creds, hello, h.log, h.onStarControl)
+			if err == nil {
+				link = l
+				break
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+		}
+		if link == nil {
+			err := errors.Join(errs...)
+			h.setStarErr(err)
+			if tunnel.IsAuthError(err) {
+				h.log.Error("cannot join the proxy: authentication failed (is --key-file the network's key?)", "err", err)
+			} else if h.ctx.Err() == nil {
+				h.log.Warn("cannot reach the proxy; will retry", "err", err)
+			}
+			h.sleep(bo.Next())
+			continue
+		}
+		if err := h.sw.AddPort(name, bridge.RoleStar, link); err != nil {
+			link.Close()
+			h.sleep(bo.Next())
+			continue
+		}
+		up := time.Now()
+		h.mu.Lock()
+		h.mu.star, h.mu.starErr, h.mu.sent = link, "", nil
+		h.mu.Unlock()
+		h.log.Info("joined the proxy", "proxy", link.RemoteAddr().String())
+		h.sendStatus(true)
+		select {
+		case <-link.Done():
+		case <-h.ctx.Done():
+		}
+		h.sw.RemovePort(name)
+		h.mu.Lock()
+		h.mu.star = nil
+		h.mu.Unlock()
+		h.setStarErr(link.Err())
+		if h.ctx.Err() != nil {
+			return
+		}
+		h.log.Warn("lost the proxy link; re-dialing", "err", link.Err(), "was_up", time.Since(up).Round(time.Millisecond))
+		if time.Since(up) > 10*time.Second {
+			bo.Reset()
+		}
+		h.sleep(bo.Next())
+	}
+}
+
+func (h *Host) setStarErr(err error) {
+	h.mu.Lock()
+	h.mu.starErr = errString(err)
+	h.mu.Unlock()
+}
+
+func (h *Host) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-h.ctx.Done():
+	}
+}
+
+// onStarControl handles the proxy's messages (on the star link's reader).
+func (h *Host) onStarControl(l *tunnel.Link, b []byte) {
+	var m ctrlMsg
+	if err := json.Unmarshal(b, &m); err != nil {
+		h.log.Warn("malformed control message from the proxy", "err", err)
+		return
+	}
+	switch m.Op {
+	case opConfig:
+		if m.Config != nil {
+			h.applyConfig(*m.Config)
+		}
+	case opLookup:
+		reply := ctrlMsg{Op: opLookupOK, ID: m.ID}
+		if d, err := lookup(h.sw, m.Lookup); err != nil {
+			reply.Error = err.Error()
+		} else {
+			reply.Decision = d
+		}
+		l.SendControl(encodeCtrl(&reply))
+	default:
+		h.log.Debug("ignored control message", "op", m.Op)
+	}
+}
+
+func lookup(sw *bridge.Switch, q *lookupReq) (*lookupReply, error) {
+	if q == nil {
+		return nil, errors.New("empty lookup")
+	}
+	src, err := bridge.ParseMAC(q.Src)
+	if err != nil {
+		return nil, err
+	}
+	dst, err := bridge.ParseMAC(q.Dst)
+	if err != nil {
+		return nil, err
+	}
+	d := sw.Lookup(q.In, src, dst)
+	r := &lookupReply{Outputs: d.Outputs, By: d.By}
+	for _, role := range d.Roles {
+		r.Roles = append(r.Roles, role.String())
+	}
+	return r, nil
+}
+
+// applyConfig reconciles the host with its share of the desired state.
+func (h *Host) applyConfig(c hostConfig) {
+	rules, err := parseRuleInfos(c.Rules)
+	if err != nil {
+		h.log.Warn("proxy sent rules that do not parse; ignoring them", "err", err)
+	}
+	if err := h.sw.SetRules(rules); err != nil {
+		h.log.Warn("cannot install rules", "err", err)
+	} else {
+		h.log.Debug("rules installed", "n", len(rules))
+	}
+	want := map[string]fastLink{}
+	for _, fl := range c.Links {
+		want[fl.Name] = fl
+	}
+	var drop []*tunnel.Link
+	h.mu.Lock()
+	for name := range h.mu.desired {
+		if _, ok := want[name]; ok {
+			continue
+		}
+		if stop := h.mu.dialers[name]; stop != nil {
+			stop()
+			delete(h.mu.dialers, name)
+		}
+		if l := h.mu.fast[name]; l != nil {
+			drop = append(drop, l)
+		}
+		delete(h.mu.fastErr, name)
+		h.log.Info("fast link removed", "link", name)
+	}
+	for name, fl := range want {
+		if _, ok := h.mu.desired[name]; !ok {
+			h.log.Info("fast link requested", "link", name, "peer", fl.Peer, "dial", fl.Dial)
+		}
+		if fl.Dial && h.mu.dialers[name] == nil {
+			ctx, cancel := context.WithCancel(h.ctx)
+			h.mu.dialers[name] = cancel
+			h.wg.Add(1)
+			go h.routineDialFast(ctx, name)
+		}
+	}
+	h.mu.desired = want
+	h.mu.Unlock()
+	for _, l := range drop {
+		l.Close() // its runFast detaches it
+	}
+	h.kickStatus()
+}
+
+func (h *Host) desiredLink(name string) (fastLink, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	fl, ok := h.mu.desired[name]
+	return fl, ok
+}
+
+// routineDialFast keeps the fast link name up while it is desired and this
+// host is its dialing end.
+func (h *Host) routineDialFast(ctx context.Context, name string) {
+	defer h.wg.Done()
+	bo := tunnel.Backoff{Min: FastBackoffMin, Max: FastBackoffMax}
+	for ctx.Err() == nil {
+		fl, ok := h.desiredLink(name)
+		if !ok || !fl.Dial {
+			return
+		}
+		hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: name}
+		var link *tunnel.Link
+		var errs []error
+		for _, addr := range fl.Addrs {
+			dctx, cancel := context.WithTimeout(ctx, FastDialTimeout)
+			l, err := tunnel.Dial(dctx, tunnel.Endpoint{Kind: "tcp", Addr: addr}, h.creds, hello, h.log, h.onFastControl)
+			cancel()
+			if err == nil {
+				link = l
+				break
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		}
+		if link == nil {
+			err := errors.Join(errs...)
+			if len(fl.Addrs) == 0 {
+				err = fmt.Errorf("no address known for %s yet", fl.Peer)
+			}
+			h.mu.Lock()
+			h.mu.fastErr[name] = errString(err)
+			h.mu.Unlock()
+			if ctx.Err() == nil {
+				h.log.Debug("fast link dial failed", "link", name, "err", err)
+			}
+			h.sleepCtx(ctx, bo.Next())
+			continue
+		}
+		up := time.Now()
+		h.runFast(name, link)
+		if time.Since(up) > 10*time.Second {
+			bo.Reset()
+		}
+		h.sleepCtx(ctx, bo.Next())
+	}
+}
+
+func (h *Host) sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// routineAccept takes fast links dialed by other hosts.
+func (h *Host) routineAccept() {
+	defer h.wg.Done()
+	me := tunnel.Hello{Name: h.cfg.Name, Role: "host"}
+	for {
+		in, err := h.ln.Accept(h.ctx)
+		if err != nil {
+			return
+		}
+		fl, ok := h.desiredLink(in.Hello.Link)
+		switch {
+		case in.Hello.Role != "host":
+			in.Refuse(me, "only hosts open fast links")
+			continue
+		case !ok || fl.Peer != in.Hello.Name || fl.Dial:
+			h.log.Info("refused a fast link the proxy did not ask for", "link", in.Hello.Link, "from", in.Hello.Name)
+			in.Refuse(me, "no fast link "+in.Hello.Link+" from "+in.Hello.Name+" is configured here (yet)")
+			continue
+		}
+		reply := me
+		reply.Link = fl.Name
+		link, err := in.Accept(reply, h.log, h.onFastControl)
+		if err != nil {
+			continue
+		}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			h.runFast(fl.Name, link)
+		}()
+	}
+}
+
+// runFast attaches a fast link, announces our VMs over it, and detaches it
+// when it ends.
+func (h *Host) runFast(name string, link *tunnel.Link) {
+	h.mu.Lock()
+	old := h.mu.fast[name]
+	h.mu.Unlock()
+	if old != nil { // the peer re-dialed before we noticed the old one die
+		old.Close()
+		h.sw.RemovePort(name)
+	}
+	if err := h.sw.AddPort(name, bridge.RoleFast, link); err != nil {
+		h.log.Warn("cannot attach fast link", "link", name, "err", err)
+		link.Close()
+		return
+	}
+	h.mu.Lock()
+	h.mu.fast[name] = link
+	delete(h.mu.fastErr, name)
+	h.mu.Unlock()
+	h.log.Info("fast link up", "link", name, "peer", link.Peer().Name, "addr", link.RemoteAddr().String())
+	link.SendControl(encodeCtrl(&ctrlMsg{Op: opAnnounce, MACs: h.localMACs()}))
+	h.kickStatus()
+
+	select {
+	case <-link.Done():
+	case <-h.ctx.Done():
+		link.Close()
+	}
+	h.mu.Lock()
+	if h.mu.fast[name] == link {
+		delete(h.mu.fast, name)
+		if _, still := h.mu.desired[name]; still {
+			h.mu.fastErr[name] = errString(link.Err())
+		}
+	}
+	h.mu.Unlock()
+	h.removeLinkPort(name, link)
+	if h.ctx.Err() == nil {
+		h.log.Info("fast link down", "link", name, "err", link.Err())
+		h.kickStatus()
+	}
+}
+
+// removeLinkPort detaches the port name if it is still link (not a newer
+// link of the same name).
+func (h *Host) removeLinkPort(name string, link *tunnel.Link) {
+	h.mu.Lock()
+	newer := h.mu.fast[name] != nil && h.mu.fast[name] != link
+	h.mu.Unlock()
+	if !newer {
+		h.sw.RemovePort(name)
+	}
+}
+
+// onFastControl handles messages from the peer of a fast link.
+func (h *Host) onFastControl(l *tunnel.Link, b []byte) {
+	var m ctrlMsg
+	if err := json.Unmarshal(b, &m); err != nil || m.Op != opAnnounce {
+		return
+	}
+	var macs []bridge.MAC
+	for _, s := range m.MACs {
+		if mac, err := bridge.ParseMAC(s); err == nil {
+			macs = append(macs, mac)
+		}
+	}
+	name := l.Peer().Link
+	if err := h.sw.Announce(name, macs); err != nil {
+		h.log.Debug("announce on a detached link", "link", name, "err", err)
+	}
+}
+
+func (h *Host) localMACs() []string {
+	var out []string
+	for _, vm := range localVMs(h.sw, h.cfg.Name) {
+		out = append(out, vm.MAC)
+	}
+	return out
+}
+
+func (h *Host) kickStatus() { go h.sendStatus(false) }
+
+// routineStatus reports to the proxy and re-announces VMs on fast links.
+func (h *Host) routineStatus() {
+	defer h.wg.Done()
+	t := time.NewTicker(StatusInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.sendStatus(false)
+	}
+}
+
+func (h *Host) status() hostStatus {
+	st := hostStatus{API: h.APIAddr(), VMs: localVMs(h.sw, h.cfg.Name), Rules: ruleInfos(h.cfg.Name, h.sw.Rules()),
+		Ports: portInfos(h.sw)}
+	h.mu.Lock()
+	star := h.mu.star
+	h.mu.Unlock()
+	if star != nil {
+		st.Listen = candidateAddrs(h.ln.Addr(), addrIP(star.LocalAddr()))
+	} else {
+		st.Listen = candidateAddrs(h.ln.Addr())
+	}
+	st.Links = h.fastLinkInfos()
+	return st
+}
+
+func (h *Host) fastLinkInfos() []LinkInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := []LinkInfo{}
+	for _, name := range sortedKeys(h.mu.desired) {
+		fl := h.mu.desired[name]
+		a, b := min(h.cfg.Name, fl.Peer), max(h.cfg.Name, fl.Peer)
+		li := LinkInfo{Name: name, A: a, B: b, Kind: "tcp", Role: "fast", Via: "direct", State: "down",
+			Error: h.mu.fastErr[name]}
+		if l := h.mu.fast[name]; l != nil {
+			li.State, li.RTTus, li.TxBytes, li.RxBytes = "up", l.RTT().Microseconds(), l.TxBytes(), l.RxBytes()
+		}
+		out = append(out, li)
+	}
+	return out
+}
+
+var statusMu sync.Mutex // serialises sendStatus across callers
+
+func (h *Host) sendStatus(force bool) {
+	statusMu.Lock()
+	defer statusMu.Unlock()
+	st := h.status()
+	macs := h.localMACs()
+	mb, _ := json.Marshal(macs)
+	h.mu.Lock()
+	star := h.mu.star
+	reannounce := string(mb) != h.mu.announced
+	h.mu.announced = string(mb)
+	fast := make([]*tunnel.Link, 0, len(h.mu.fast))
+	for _, l := range h.mu.fast {
+		fast = append(fast, l)
+	}
+	h.mu.Unlock()
+	if reannounce {
+		msg := encodeCtrl(&ctrlMsg{Op: opAnnounce, MACs: macs})
+		for _, l := range fast {
+			l.SendControl(msg)
+		}
+	}
+	if star == nil {
+		return
+	}
+	b := encodeCtrl(&ctrlMsg{Op: opStatus, Status: &st})
+	h.mu.Lock()
+	same := bytes.Equal(b, h.mu.sent) && time.Since(h.mu.sentAt) < StatusRefresh
+	h.mu.Unlock()
+	if same && !force {
+		return
+	}
+	if err := star.SendControl(b); err == nil {
+		h.mu.Lock()
+		h.mu.sent, h.mu.sentAt = b, time.Now()
+		h.mu.Unlock()
+	}
+}
+
+// hostLinks is the host's view of its links, for its API.
+func (h *Host) hostLinks() []LinkInfo {
+	h.mu.Lock()
+	star, starErr := h.mu.star, h.mu.starErr
+	h.mu.Unlock()
+	li := LinkInfo{Name: StarLinkName(h.cfg.Name), A: "proxy", B: h.cfg.Name, Kind: "tcp", Role: "star", Via: "direct",
+		State: "down", Error: starErr}
+	if star != nil {
+		li.State, li.RTTus, li.TxBytes, li.RxBytes = "up", star.RTT().Microseconds(), star.TxBytes(), star.RxBytes()
+	}
+	return slices.Concat([]LinkInfo{li}, h.fastLinkInfos())
+}

@@ -1,0 +1,587 @@
+package appliance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"vnet/bridge"
+	"vnet/topo"
+	"vnet/tunnel"
+)
+
+// LookupTimeout bounds one hop's answer to a route query.
+var LookupTimeout = 3 * time.Second
+
+// ProxyConfig configures the proxy.
+type ProxyConfig struct {
+	Listen   []tunnel.Endpoint // star links from hosts; at least one
+	Key      tunnel.Key
+	API      string      // control API address; "" for none
+	StateDir string      // where desired state survives restarts; "" for none
+	Ports    []LocalPort // VM-facing ports on the proxy itself
+	Log      *slog.Logger
+}
+
+// Proxy is the running hub of the star and the authority on desired state.
+type Proxy struct {
+	cfg   ProxyConfig
+	log   *slog.Logger
+	sw    *bridge.Switch
+	creds *tunnel.Credentials
+	lns   []*tunnel.Listener
+	api   *apiServer
+	start time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		hosts   map[string]*hostRec
+		links   map[string]topo.Link // desired fast links, by name
+		rules   map[string][]bridge.Rule
+		known   map[string]bool // hosts in the restored state: their links/rules are not adopted
+		pending map[uint64]chan *ctrlMsg
+		nextID  uint64
+	}
+}
+
+// hostRec is what the proxy knows of one host.
+type hostRec struct {
+	name     string
+	link     *tunnel.Link // nil while down
+	addr     netip.Addr   // the host's address as the proxy sees it
+	status   hostStatus
+	lastSeen time.Time
+	adopted  bool   // its reported links and rules were considered
+	sent     []byte // last config sent
+}
+
+// NewProxy validates cfg, restores state, opens the listeners and the API
+// and starts the proxy.
+func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
+	if len(cfg.Listen) == 0 {
+		return nil, errors.New("no --listen endpoint")
+	}
+	log := discardIfNil(cfg.Log).With("host", "proxy")
+	p := &Proxy{cfg: cfg, log: log, start: time.Now()}
+	p.mu.hosts = map[string]*hostRec{}
+	p.mu.links = map[string]topo.Link{}
+	p.mu.rules = map[string][]bridge.Rule{}
+	p.mu.known = map[string]bool{}
+	p.mu.pending = map[uint64]chan *ctrlMsg{}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	cleanup := []func(){p.cancel}
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+		}
+	}()
+	if p.creds, err = tunnel.NewCredentials(cfg.Key, "proxy"); err != nil {
+		return nil, err
+	}
+	p.sw = bridge.New(bridge.Config{Log: log})
+	cleanup = append(cleanup, p.sw.Close)
+	for _, lp := range cfg.Ports {
+		if err := p.sw.AddPort(lp.Name, bridge.RoleLocal, lp.Port); err != nil {
+			return nil, fmt.Errorf("port %s: %w", lp.Name, err)
+		}
+	}
+	if cfg.StateDir != "" {
+		p.restoreState()
+	}
+	for _, ep := range cfg.Listen {
+		ln, err := tunnel.Listen(ep, p.creds, log)
+		if err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, func() { ln.Close() })
+		p.lns = append(p.lns, ln)
+	}
+	if cfg.API != "" {
+		if p.api, err = startAPI(cfg.API, p.routes(), log); err != nil {
+			return nil, err
+		}
+	}
+	for _, ln := range p.lns {
+		log.Info("proxy listening", "addr", ln.Addr().String())
+		p.wg.Add(1)
+		go p.routineAccept(ln)
+	}
+	if cfg.API != "" {
+		log.Info("control API", "addr", p.api.addr())
+	}
+	return p, nil
+}
+
+// Switch is the proxy's switch.
+func (p *Proxy) Switch() *bridge.Switch { return p.sw }
+
+// Addrs are the addresses the proxy listens on for hosts.
+func (p *Proxy) Addrs() []string {
+	var out []string
+	for _, ln := range p.lns {
+		out = append(out, ln.Addr().String())
+	}
+	return out
+}
+
+// APIAddr is where the control API listens ("" if none).
+func (p *Proxy) APIAddr() string {
+	if p.api == nil {
+		return ""
+	}
+	return p.api.addr()
+}
+
+// Close stops the proxy.
+func (p *Proxy) Close() {
+	p.cancel()
+	if p.api != nil {
+		p.api.close()
+	}
+	for _, ln := range p.lns {
+		ln.Close()
+	}
+	p.mu.Lock()
+	for _, h := range p.mu.hosts {
+		if h.link != nil {
+			h.link.Close()
+		}
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	p.sw.Close()
+	p.log.Info("proxy stopped")
+}
+
+func (p *Proxy) routineAccept(ln *tunnel.Listener) {
+	defer p.wg.Done()
+	me := tunnel.Hello{Name: "proxy", Role: "proxy"}
+	for {
+		in, err := ln.Accept(p.ctx)
+		if err != nil {
+			return
+		}
+		name := in.Hello.Name
+		if in.Hello.Role != "host" {
+			in.Refuse(me, "only hosts join the proxy")
+			continue
+		}
+		if err := ValidName(name); err != nil {
+			in.Refuse(me, err.Error())
+			continue
+		}
+		reply := me
+		reply.Link = StarLinkName(name)
+		link, err := in.Accept(reply, p.log, p.onHostControl)
+		if err != nil {
+			continue
+		}
+		p.wg.Add(1)
+		go p.runHost(name, link)
+	}
+}
+
+// runHost serves one host's star link until it ends.
+func (p *Proxy) runHost(name string, link *tunnel.Link) {
+	defer p.wg.Done()
+	port := StarLinkName(name)
+	p.mu.Lock()
+	rec := p.mu.hosts[name]
+	if rec == nil {
+		rec = &hostRec{name: name}
+		p.mu.hosts[name] = rec
+	}
+	old := rec.link
+	rec.link, rec.addr, rec.lastSeen, rec.sent = link, addrIP(link.RemoteAddr()), time.Now(), nil
+	p.mu.Unlock()
+	if old != nil {
+		p.log.Warn("host connected again while its old link looked up; replacing it", "name", name)
+		old.Close()
+	}
+	p.sw.RemovePort(port)
+	if err := p.sw.AddPort(port, bridge.RoleStar, link); err != nil {
+		p.log.Error("cannot attach star link", "name", name, "err", err)
+		link.Close()
+		return
+	}
+	p.log.Info("host joined", "name", name, "addr", link.RemoteAddr().String())
+	select {
+	case <-link.Done():
+	case <-p.ctx.Done():
+		link.Close()
+	}
+	p.mu.Lock()
+	current := rec.link == link
+	if current {
+		rec.link = nil
+	}
+	p.mu.Unlock()
+	if current {
+		p.sw.RemovePort(port)
+		if p.ctx.Err() == nil {
+			p.log.Warn("host left", "name", name, "err", link.Err())
+		}
+	}
+}
+
+// onHostControl handles a host's messages (on its star link's reader).
+func (p *Proxy) onHostControl(l *tunnel.Link, b []byte) {
+	var m ctrlMsg
+	if err := json.Unmarshal(b, &m); err != nil {
+		p.log.Warn("malformed control message", "from", l.Peer().Name, "err", err)
+		return
+	}
+	switch m.Op {
+	case opStatus:
+		if m.Status != nil {
+			p.onStatus(l.Peer().Name, l, *m.Status)
+		}
+	case opLookupOK:
+		p.mu.Lock()
+		ch := p.mu.pending[m.ID]
+		delete(p.mu.pending, m.ID)
+		p.mu.Unlock()
+		if ch != nil {
+			ch <- &m
+		}
+	}
+}
+
+func (p *Proxy) onStatus(name string, l *tunnel.Link, st hostStatus) {
+	p.mu.Lock()
+	rec := p.mu.hosts[name]
+	if rec == nil || rec.link != l {
+		p.mu.Unlock()
+		return
+	}
+	rec.status, rec.lastSeen = st, time.Now()
+	changed := false
+	if !rec.adopted {
+		rec.adopted = true
+		changed = p.adoptLocked(rec)
+	}
+	p.mu.Unlock()
+	if changed {
+		p.saveState()
+	}
+	p.pushConfigs()
+}
+
+// adoptLocked takes a host's links and rules into the desired state when
+// the proxy has no record of the host (e.g. it restarted without a state
+// directory): the hosts kept running and know what they had.
+func (p *Proxy) adoptLocked(rec *hostRec) bool {
+	if p.mu.known[rec.name] {
+		return false
+	}
+	p.mu.known[rec.name] = true
+	changed := true
+	for _, li := range rec.status.Links {
+		l := topo.Link{A: min(li.A, li.B), B: max(li.A, li.B)}
+		if l.A == "" || l.A == l.B || l.Name() != li.Name {
+			continue
+		}
+		if _, ok := p.mu.links[li.Name]; !ok {
+			p.mu.links[li.Name] = l
+			p.log.Info("adopted fast link reported by a host", "link", li.Name, "host", rec.name)
+		}
+	}
+	if _, ok := p.mu.rules[rec.name]; !ok && len(rec.status.Rules) > 0 {
+		rules, err := parseRuleInfos(rec.status.Rules)
+		if err == nil {
+			p.mu.rules[rec.name] = rules
+			p.log.Info("adopted rules reported by a host", "host", rec.name, "n", len(rules))
+		}
+	}
+	return changed
+}
+
+// configLocked computes host name's share of the desired state.
+func (p *Proxy) configLocked(name string) hostConfig {
+	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name])}
+	for _, ln := range sortedKeys(p.mu.links) {
+		l := p.mu.links[ln]
+		if l.A != name && l.B != name {
+			continue
+		}
+		peer := l.B
+		if l.B == name {
+			peer = l.A
+		}
+		fl := fastLink{Name: ln, Peer: peer, Kind: "tcp", Dial: l.A == name}
+		if fl.Dial {
+			fl.Addrs = p.candidatesLocked(peer)
+		}
+		c.Links = append(c.Links, fl)
+	}
+	return c
+}
+
+// candidatesLocked lists where host name accepts fast links: its address as
+// the proxy sees it first (it works across NAT-free underlays even when the
+// host does not know its own public address), then what it reported.
+func (p *Proxy) candidatesLocked(name string) []string {
+	rec := p.mu.hosts[name]
+	if rec == nil {
+		return nil
+	}
+	out := []string{}
+	seen := map[string]bool{}
+	add := func(s string) {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, c := range rec.status.Listen {
+		ap, err := netip.ParseAddrPort(c)
+		if err != nil {
+			continue
+		}
+		if rec.addr.IsValid() {
+			add(netip.AddrPortFrom(rec.addr, ap.Port()).String())
+		}
+	}
+	for _, c := range rec.status.Listen {
+		add(c)
+	}
+	return out
+}
+
+// pushConfigs sends every connected host its config when it changed.
+func (p *Proxy) pushConfigs() {
+	p.mu.Lock()
+	type send struct {
+		link *tunnel.Link
+		msg  []byte
+	}
+	var sends []send
+	for _, name := range sortedKeys(p.mu.hosts) {
+		rec := p.mu.hosts[name]
+		if rec.link == nil || !rec.adopted {
+			continue
+		}
+		c := p.configLocked(name)
+		b := encodeCtrl(&ctrlMsg{Op: opConfig, Config: &c})
+		if string(b) == string(rec.sent) {
+			continue
+		}
+		rec.sent = b
+		sends = append(sends, send{rec.link, b})
+	}
+	rules := p.mu.rules[topo.ProxyHost]
+	p.mu.Unlock()
+	if err := p.sw.SetRules(rules); err != nil {
+		p.log.Warn("cannot install the proxy's rules", "err", err)
+	}
+	for _, s := range sends {
+		if err := s.link.SendControl(s.msg); err != nil {
+			p.log.Debug("config not sent", "err", err)
+		}
+	}
+}
+
+// lookupAt asks host (or the proxy itself) what its switch would do.
+func (p *Proxy) lookupAt(ctx context.Context, host string, q lookupReq) (*lookupReply, error) {
+	if host == topo.ProxyHost {
+		return lookup(p.sw, &q)
+	}
+	p.mu.Lock()
+	rec := p.mu.hosts[host]
+	if rec == nil || rec.link == nil {
+		p.mu.Unlock()
+		return nil, fmt.Errorf("host %s is down", host)
+	}
+	p.mu.nextID++
+	id := p.mu.nextID
+	ch := make(chan *ctrlMsg, 1)
+	p.mu.pending[id] = ch
+	link := rec.link
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.mu.pending, id)
+		p.mu.Unlock()
+	}()
+	if err := link.SendControl(encodeCtrl(&ctrlMsg{Op: opLookup, ID: id, Lookup: &q})); err != nil {
+		return nil, fmt.Errorf("asking %s: %w", host, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, LookupTimeout)
+	defer cancel()
+	select {
+	case m := <-ch:
+		if m.Error != "" {
+			return nil, fmt.Errorf("%s: %s", host, m.Error)
+		}
+		if m.Decision == nil {
+			return nil, fmt.Errorf("%s: empty answer", host)
+		}
+		return m.Decision, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%s did not answer in time", host)
+	}
+}
+
+// route traces the path of a frame from src to dst hop by hop.
+func (p *Proxy) route(ctx context.Context, src, dst bridge.MAC) (Route, error) {
+	host, port := p.whereIs(src)
+	if host == "" {
+		return Route{}, notFound("MAC %s is not a known VM (see `vnet ctl vms`)", src)
+	}
+	r := Route{Hops: []Hop{}}
+	in := port
+	for range 16 {
+		d, err := p.lookupAt(ctx, host, lookupReq{In: in, Src: src.String(), Dst: dst.String()})
+		if err != nil {
+			r.Note = err.Error()
+			return r, nil
+		}
+		if len(d.Outputs) == 0 {
+			r.Hops = append(r.Hops, Hop{Host: host, To: "drop", By: d.By})
+			return r, nil
+		}
+		if d.By == "flood" {
+			r.Hops = append(r.Hops, Hop{Host: host, To: "flood", By: d.By})
+			r.Note = "the destination is unknown at " + host + ": the frame is flooded on the star"
+			return r, nil
+		}
+		out, role := d.Outputs[0], d.Roles[0]
+		if len(d.Outputs) > 1 {
+			r.Note = fmt.Sprintf("%s fans out to %v; following the first", host, d.Outputs)
+		}
+		if role == bridge.RoleLocal.String() {
+			r.Hops = append(r.Hops, Hop{Host: host, To: "port:" + out, By: d.By})
+			r.Delivered = true
+			return r, nil
+		}
+		r.Hops = append(r.Hops, Hop{Host: host, To: "link:" + out, By: d.By})
+		next := p.farEnd(out, host)
+		if next == "" {
+			r.Note = "unknown link " + out
+			return r, nil
+		}
+		host, in = next, out
+	}
+	r.Note = "routing loop: more than 16 hops"
+	return r, nil
+}
+
+// whereIs finds the host and port where mac is attached.
+func (p *Proxy) whereIs(mac bridge.MAC) (host, port string) {
+	s := mac.String()
+	for _, vm := range p.vms() {
+		if vm.MAC == s {
+			return vm.Host, vm.Port
+		}
+	}
+	return "", ""
+}
+
+// farEnd is the other end of link name seen from host.
+func (p *Proxy) farEnd(name, host string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l, ok := p.mu.links[name]; ok {
+		if l.A == host {
+			return l.B
+		}
+		return l.A
+	}
+	for h := range p.mu.hosts {
+		if StarLinkName(h) == name {
+			if host == topo.ProxyHost {
+				return h
+			}
+			return topo.ProxyHost
+		}
+	}
+	return ""
+}
+
+func (p *Proxy) vms() []VMInfo {
+	out := localVMs(p.sw, topo.ProxyHost)
+	p.mu.Lock()
+	for _, name := range sortedKeys(p.mu.hosts) {
+		rec := p.mu.hosts[name]
+		if rec.link != nil {
+			out = append(out, rec.status.VMs...)
+		}
+	}
+	p.mu.Unlock()
+	if out == nil {
+		out = []VMInfo{}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].MAC < out[j].MAC })
+	return out
+}
+
+func (p *Proxy) hosts() []HostInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := []HostInfo{}
+	for _, name := range sortedKeys(p.mu.hosts) {
+		rec := p.mu.hosts[name]
+		hi := HostInfo{Name: name, Addrs: p.candidatesLocked(name), NAT: "unknown", State: "down", VMs: []string{},
+			API: rec.status.API, LastSeen: rec.lastSeen}
+		if rec.link != nil {
+			hi.State = "up"
+			for _, vm := range rec.status.VMs {
+				hi.VMs = append(hi.VMs, vm.MAC)
+			}
+		}
+		out = append(out, hi)
+	}
+	return out
+}
+
+func (p *Proxy) links() []LinkInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := []LinkInfo{}
+	for _, name := range sortedKeys(p.mu.hosts) {
+		rec := p.mu.hosts[name]
+		li := LinkInfo{Name: StarLinkName(name), A: topo.ProxyHost, B: name, Kind: "tcp", Role: "star", Via: "direct", State: "down"}
+		if rec.link != nil {
+			li.State, li.RTTus, li.TxBytes, li.RxBytes = "up", rec.link.RTT().Microseconds(), rec.link.TxBytes(), rec.link.RxBytes()
+		}
+		out = append(out, li)
+	}
+	for _, name := range sortedKeys(p.mu.links) {
+		l := p.mu.links[name]
+		li := LinkInfo{Name: name, A: l.A, B: l.B, Kind: "tcp", Role: "fast", Via: "direct", State: "down"}
+		// The dialing end (A) reports the link's state and counters.
+		if rec := p.mu.hosts[l.A]; rec != nil && rec.link != nil {
+			for _, r := range rec.status.Links {
+				if r.Name == name {
+					li.State, li.RTTus, li.TxBytes, li.RxBytes, li.Error = r.State, r.RTTus, r.TxBytes, r.RxBytes, r.Error
+				}
+			}
+		} else {
+			li.Error = "host " + l.A + " is down"
+		}
+		out = append(out, li)
+	}
+	return out
+}
+
+func (p *Proxy) rules() []RuleInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := []RuleInfo{}
+	for _, h := range sortedKeys(p.mu.rules) {
+		out = append(out, ruleInfos(h, p.mu.rules[h])...)
+	}
+	return out
+}

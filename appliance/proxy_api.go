@@ -1,0 +1,378 @@
+package appliance
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"vnet/bridge"
+	"vnet/topo"
+)
+
+// desired is a copy of the proxy's desired state, changed as a whole.
+type desired struct {
+	links map[string]topo.Link
+	rules map[string][]bridge.Rule
+}
+
+// change applies f to a copy of the desired state, validates the result and
+// commits it: every change goes through here, so the state is never half
+// applied nor invalid.
+func (p *Proxy) change(f func(d *desired) error) error {
+	p.mu.Lock()
+	d := &desired{links: maps.Clone(p.mu.links), rules: map[string][]bridge.Rule{}}
+	for h, rs := range p.mu.rules {
+		d.rules[h] = slices.Clone(rs)
+	}
+	if err := f(d); err != nil {
+		p.mu.Unlock()
+		return err
+	}
+	var errs []error
+	for _, h := range sortedKeys(d.rules) {
+		if err := bridge.ValidateRules(d.rules[h]); err != nil {
+			errs = append(errs, fmt.Errorf("rules on %s: %w", h, err))
+		}
+		for _, r := range d.rules[h] {
+			if err := p.checkTargetLocked(d, h, r); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(d.rules[h]) == 0 {
+			delete(d.rules, h)
+		}
+	}
+	if len(errs) > 0 {
+		p.mu.Unlock()
+		return &apiError{http.StatusBadRequest, errors.Join(errs...).Error()}
+	}
+	p.mu.links, p.mu.rules = d.links, d.rules
+	p.mu.Unlock()
+	p.saveState()
+	p.pushConfigs()
+	return nil
+}
+
+// checkHostLocked reports an unknown host.
+func (p *Proxy) checkHostLocked(name string) error {
+	if name == topo.ProxyHost {
+		return nil
+	}
+	if p.mu.hosts[name] == nil && !p.mu.known[name] {
+		return badRequest("unknown host %s (see `vnet ctl hosts`)", name)
+	}
+	return nil
+}
+
+// checkTargetLocked checks that rule r on host names a link or port there.
+func (p *Proxy) checkTargetLocked(d *desired, host string, r bridge.Rule) error {
+	if err := p.checkHostLocked(host); err != nil {
+		return err
+	}
+	name := r.To.Name
+	if r.To.Kind == bridge.TargetLink {
+		if host == topo.ProxyHost {
+			for h := range p.mu.hosts {
+				if StarLinkName(h) == name {
+					return nil
+				}
+			}
+		} else if name == StarLinkName(host) {
+			return nil
+		} else if l, ok := d.links[name]; ok && (l.A == host || l.B == host) {
+			return nil
+		}
+		return badRequest("rule on %s: unknown link %s (links there: %s)", host, name, strings.Join(p.linksOfLocked(d, host), ", "))
+	}
+	var ports []string
+	if host == topo.ProxyHost {
+		for _, st := range p.sw.Stats() {
+			if st.Role == bridge.RoleLocal {
+				ports = append(ports, st.Name)
+			}
+		}
+	} else if rec := p.mu.hosts[host]; rec != nil {
+		for _, pi := range rec.status.Ports {
+			if pi.Role == bridge.RoleLocal.String() {
+				ports = append(ports, pi.Name)
+			}
+		}
+	}
+	if slices.Contains(ports, name) {
+		return nil
+	}
+	return badRequest("rule on %s: unknown port %s (VM ports there: %s)", host, name, strings.Join(ports, ", "))
+}
+
+func (p *Proxy) linksOfLocked(d *desired, host string) []string {
+	var out []string
+	if host == topo.ProxyHost {
+		for _, h := range sortedKeys(p.mu.hosts) {
+			out = append(out, StarLinkName(h))
+		}
+		return out
+	}
+	out = append(out, StarLinkName(host))
+	for _, n := range sortedKeys(d.links) {
+		if l := d.links[n]; l.A == host || l.B == host {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// linkRequest is the body of POST/DELETE /api/v1/links.
+type linkRequest struct {
+	A    string `json:"a"`
+	B    string `json:"b"`
+	Kind string `json:"kind,omitempty"`
+}
+
+func (p *Proxy) addLink(a, b, kind string) (string, error) {
+	if kind != "" && kind != "tcp" {
+		return "", badRequest("link kind %q is not supported yet (tcp)", kind)
+	}
+	if a == b {
+		return "", badRequest("a link needs two different hosts")
+	}
+	if a == topo.ProxyHost || b == topo.ProxyHost {
+		return "", badRequest("every host already has a star link to the proxy; fast links join two hosts")
+	}
+	l := topo.Link{A: min(a, b), B: max(a, b)}
+	name := l.Name()
+	err := p.change(func(d *desired) error {
+		for _, h := range []string{a, b} {
+			if err := p.checkHostLocked(h); err != nil {
+				return err
+			}
+		}
+		if _, ok := d.links[name]; ok {
+			return &apiError{http.StatusConflict, "link " + name + " exists already"}
+		}
+		d.links[name] = l
+		return nil
+	})
+	if err == nil {
+		p.log.Info("fast link added", "link", name)
+	}
+	return name, err
+}
+
+func (p *Proxy) delLink(a, b string) (string, error) {
+	name := FastLinkName(a, b)
+	err := p.change(func(d *desired) error {
+		if _, ok := d.links[name]; !ok {
+			return notFound("no fast link %s", name)
+		}
+		delete(d.links, name)
+		for h, rs := range d.rules { // rules through the link go with it
+			d.rules[h] = slices.DeleteFunc(rs, func(r bridge.Rule) bool {
+				return r.To.Kind == bridge.TargetLink && r.To.Name == name
+			})
+		}
+		return nil
+	})
+	if err == nil {
+		p.log.Info("fast link removed", "link", name)
+	}
+	return name, err
+}
+
+func (p *Proxy) addRule(ri RuleInfo) error {
+	r, err := parseRuleInfo(ri)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	return p.change(func(d *desired) error {
+		if slices.Contains(d.rules[ri.Host], r) {
+			return &apiError{http.StatusConflict, fmt.Sprintf("rule on %s exists already: %s", ri.Host, r)}
+		}
+		d.rules[ri.Host] = append(d.rules[ri.Host], r)
+		return nil
+	})
+}
+
+func (p *Proxy) delRule(ri RuleInfo) error {
+	r, err := parseRuleInfo(ri)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	return p.change(func(d *desired) error {
+		i := slices.Index(d.rules[ri.Host], r)
+		if i < 0 {
+			return notFound("no rule on %s: %s", ri.Host, r)
+		}
+		d.rules[ri.Host] = slices.Delete(d.rules[ri.Host], i, i+1)
+		return nil
+	})
+}
+
+// export is the live state in the topology language's terms.
+func (p *Proxy) export() *topo.Topology {
+	t := &topo.Topology{}
+	for _, h := range p.hosts() {
+		t.Hosts = append(t.Hosts, h.Name)
+	}
+	for _, vm := range p.vms() {
+		t.VMs = append(t.VMs, topo.VM{MAC: vm.MAC, Host: vm.Host, Port: vm.Port})
+	}
+	p.mu.Lock()
+	for _, n := range sortedKeys(p.mu.links) {
+		l := p.mu.links[n]
+		t.Links = append(t.Links, topo.Link{A: l.A, B: l.B})
+	}
+	p.mu.Unlock()
+	for _, r := range p.rules() {
+		t.Rules = append(t.Rules, topo.Rule{Host: r.Host, Src: r.Src, Dst: r.Dst, To: r.To})
+	}
+	t.Canonical()
+	return t
+}
+
+// apply makes the desired state equal to t's links and rules; it changes
+// only the difference and reports each change. VM placement differences are
+// reported but not acted on (migration belongs to adaptation).
+func (p *Proxy) apply(t *topo.Topology, dryRun bool) (ApplyResult, error) {
+	res := ApplyResult{Changes: []string{}, DryRun: dryRun}
+	changes := topo.Diff(p.export(), t)
+	err := p.change(func(d *desired) error {
+		for _, h := range t.Hosts {
+			if err := p.checkHostLocked(h); err != nil {
+				return err
+			}
+		}
+		for _, c := range changes {
+			switch {
+			case c.Link != nil && c.Op == topo.OpAdd:
+				if c.Link.Kind != "" && c.Link.Kind != "tcp" {
+					return badRequest("link %s: kind %s is not supported yet", c.Link.Name(), c.Link.Kind)
+				}
+				d.links[c.Link.Name()] = topo.Link{A: c.Link.A, B: c.Link.B}
+			case c.Link != nil && c.Op == topo.OpDel:
+				delete(d.links, c.Link.Name())
+			case c.Rule != nil:
+				r, err := bridge.ParseRule(c.Rule.Src, c.Rule.Dst, c.Rule.To)
+				if err != nil {
+					return badRequest("%s: %v", c, err)
+				}
+				if c.Op == topo.OpAdd {
+					d.rules[c.Rule.Host] = append(d.rules[c.Rule.Host], r)
+				} else if i := slices.Index(d.rules[c.Rule.Host], r); i >= 0 {
+					d.rules[c.Rule.Host] = slices.Delete(d.rules[c.Rule.Host], i, i+1)
+				}
+			case c.VM != nil:
+				res.Changes = append(res.Changes, c.String()+"  (skipped: VM placement is not applied yet)")
+				continue
+			}
+			res.Changes = append(res.Changes, c.String())
+		}
+		if dryRun {
+			return errDryRun
+		}
+		return nil
+	})
+	if errors.Is(err, errDryRun) {
+		err = nil
+	}
+	if err == nil && !dryRun {
+		for _, c := range res.Changes {
+			p.log.Info("applied", "change", c)
+		}
+	}
+	return res, err
+}
+
+var errDryRun = errors.New("dry run")
+
+func (p *Proxy) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/status", handle(func(*http.Request) (any, error) {
+		st := Status{Role: "proxy", Name: topo.ProxyHost, Version: Version, UptimeS: int64(time.Since(p.start).Seconds()),
+			Listen: p.Addrs(), MACs: len(p.sw.MACs()), Ports: portInfos(p.sw)}
+		for _, h := range p.hosts() {
+			st.HostsKnown++
+			if h.State == "up" {
+				st.HostsUp++
+			}
+		}
+		for _, l := range p.links() {
+			if l.State == "up" {
+				st.LinksUp++
+			}
+		}
+		return st, nil
+	}))
+	mux.HandleFunc("GET /api/v1/hosts", handle(func(*http.Request) (any, error) { return p.hosts(), nil }))
+	mux.HandleFunc("GET /api/v1/links", handle(func(*http.Request) (any, error) { return p.links(), nil }))
+	mux.HandleFunc("GET /api/v1/rules", handle(func(*http.Request) (any, error) { return p.rules(), nil }))
+	mux.HandleFunc("GET /api/v1/vms", handle(func(*http.Request) (any, error) { return p.vms(), nil }))
+	mux.HandleFunc("GET /api/v1/route", handle(func(r *http.Request) (any, error) {
+		src, err := bridge.ParseMAC(r.URL.Query().Get("src"))
+		if err != nil {
+			return nil, badRequest("src: %v", err)
+		}
+		dst, err := bridge.ParseMAC(r.URL.Query().Get("dst"))
+		if err != nil {
+			return nil, badRequest("dst: %v", err)
+		}
+		return p.route(r.Context(), src, dst)
+	}))
+	mux.HandleFunc("POST /api/v1/links", handle(func(r *http.Request) (any, error) {
+		var lr linkRequest
+		if err := decodeBody(r, &lr); err != nil {
+			return nil, err
+		}
+		name, err := p.addLink(lr.A, lr.B, lr.Kind)
+		return map[string]string{"added": name}, err
+	}))
+	mux.HandleFunc("DELETE /api/v1/links", handle(func(r *http.Request) (any, error) {
+		var lr linkRequest
+		if err := decodeBody(r, &lr); err != nil {
+			return nil, err
+		}
+		name, err := p.delLink(lr.A, lr.B)
+		return map[string]string{"removed": name}, err
+	}))
+	mux.HandleFunc("POST /api/v1/rules", handle(func(r *http.Request) (any, error) {
+		var ri RuleInfo
+		if err := decodeBody(r, &ri); err != nil {
+			return nil, err
+		}
+		return map[string]string{"added": ri.Host + ": " + ri.Src + " " + ri.Dst + " -> " + ri.To}, p.addRule(ri)
+	}))
+	mux.HandleFunc("DELETE /api/v1/rules", handle(func(r *http.Request) (any, error) {
+		var ri RuleInfo
+		if err := decodeBody(r, &ri); err != nil {
+			return nil, err
+		}
+		return map[string]string{"removed": ri.Host + ": " + ri.Src + " " + ri.Dst + " -> " + ri.To}, p.delRule(ri)
+	}))
+	mux.HandleFunc("GET /api/v1/export", handle(func(*http.Request) (any, error) {
+		var b bytes.Buffer
+		if err := p.export().Format(&b); err != nil {
+			return nil, err
+		}
+		return textBody(b.String()), nil
+	}))
+	mux.HandleFunc("POST /api/v1/apply", handle(func(r *http.Request) (any, error) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return nil, err
+		}
+		t, err := topo.Parse(bytes.NewReader(body))
+		if err != nil {
+			return nil, badRequest("%v", err)
+		}
+		return p.apply(t, r.URL.Query().Get("dry_run") != "")
+	}))
+	mux.HandleFunc("/api/v1/", handle(func(r *http.Request) (any, error) {
+		return nil, notFound("%s %s: no such API call", r.Method, r.URL.Path)
+	}))
+	return mux
+}

@@ -1,0 +1,179 @@
+// Package appliance wires vnet's parts into daemons: the proxy (the hub of
+// the resilient star, the control API, the authority on desired state) and
+// the host (which dials the proxy, attaches VMs and opens fast paths when the
+// proxy tells it to).
+//
+// Control flow. A host dials the proxy over a star link and sends a status
+// message (its candidate addresses, VMs, links, rules) every second while it
+// changes and every few seconds anyway. The proxy keeps the desired state
+// (fast-path links and rules per host) and sends each host a config message
+// whenever that host's part of it changes. Hosts reconcile: the
+// lexicographically smaller end of a fast link dials the other's candidates;
+// the other accepts only links it was told about. Over a fast link the two
+// hosts announce their local VM MACs, which pins those MACs to the fast path
+// in each switch. `vnet ctl route` asks each hop's switch, over the star,
+// what it would do with a frame.
+package appliance
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// The JSON shapes of the control API and `vnet ctl --json` (DESIGN.md).
+// Fields may be added; none are renamed or removed.
+
+// HostInfo is one row of `hosts`.
+type HostInfo struct {
+	Name     string    `json:"name"`
+	Addrs    []string  `json:"addrs"`
+	NAT      string    `json:"nat"`
+	State    string    `json:"state"`
+	VMs      []string  `json:"vms"`
+	API      string    `json:"api,omitempty"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
+}
+
+// LinkInfo is one row of `links`.
+type LinkInfo struct {
+	Name    string `json:"name"`
+	A       string `json:"a"`
+	B       string `json:"b"`
+	Kind    string `json:"kind"`
+	Role    string `json:"role"`
+	Via     string `json:"via"`
+	State   string `json:"state"`
+	RTTus   int64  `json:"rtt_us"`
+	TxBytes uint64 `json:"tx_bytes"`
+	RxBytes uint64 `json:"rx_bytes"`
+	Error   string `json:"error,omitempty"`
+}
+
+// RuleInfo is one row of `rules`.
+type RuleInfo struct {
+	Host string `json:"host"`
+	Src  string `json:"src"`
+	Dst  string `json:"dst"`
+	To   string `json:"to"`
+}
+
+// VMInfo is one row of `vms`.
+type VMInfo struct {
+	MAC  string   `json:"mac"`
+	Host string   `json:"host"`
+	Port string   `json:"port"`
+	IPs  []string `json:"ips"`
+}
+
+// Hop is one step of a route.
+type Hop struct {
+	Host string `json:"host"`
+	To   string `json:"to"`
+	By   string `json:"by,omitempty"` // rule, mac, flood
+}
+
+// Route is the answer to `route SRC DST`.
+type Route struct {
+	Hops      []Hop  `json:"hops"`
+	Delivered bool   `json:"delivered"`
+	Note      string `json:"note,omitempty"`
+}
+
+// PortInfo is one switch port's counters (`vnet ctl status`).
+type PortInfo struct {
+	Name     string            `json:"name"`
+	Role     string            `json:"role"`
+	RxFrames uint64            `json:"rx_frames"`
+	RxBytes  uint64            `json:"rx_bytes"`
+	TxFrames uint64            `json:"tx_frames"`
+	TxBytes  uint64            `json:"tx_bytes"`
+	Drops    map[string]uint64 `json:"drops"`
+}
+
+// Status is the answer to `status`.
+type Status struct {
+	Role       string     `json:"role"`
+	Name       string     `json:"name"`
+	Version    string     `json:"version"`
+	UptimeS    int64      `json:"uptime_s"`
+	Listen     []string   `json:"listen,omitempty"`
+	Proxy      string     `json:"proxy,omitempty"`
+	ProxyState string     `json:"proxy_state,omitempty"`
+	HostsUp    int        `json:"hosts_up"`
+	HostsKnown int        `json:"hosts_known"`
+	LinksUp    int        `json:"links_up"`
+	MACs       int        `json:"macs"`
+	Ports      []PortInfo `json:"ports"`
+}
+
+// ApplyResult is the answer to `apply`.
+type ApplyResult struct {
+	Changes []string `json:"changes"`
+	DryRun  bool     `json:"dry_run,omitempty"`
+}
+
+// Control messages between a host and the proxy, and between two hosts on a
+// fast link, carried as JSON in tunnel.MsgControl messages.
+const (
+	opStatus   = "status" // host -> proxy: hostStatus
+	opConfig   = "config" // proxy -> host: hostConfig
+	opLookup   = "lookup" // proxy -> host: lookupReq; answered by opLookupOK
+	opLookupOK = "lookup-reply"
+	opAnnounce = "announce" // host -> host over a fast link: the sender's VM MACs
+)
+
+type ctrlMsg struct {
+	Op       string       `json:"op"`
+	ID       uint64       `json:"id,omitempty"`
+	Status   *hostStatus  `json:"status,omitempty"`
+	Config   *hostConfig  `json:"config,omitempty"`
+	Lookup   *lookupReq   `json:"lookup,omitempty"`
+	Decision *lookupReply `json:"decision,omitempty"`
+	MACs     []string     `json:"macs,omitempty"`
+	Error    string       `json:"error,omitempty"`
+}
+
+// hostStatus is what a host reports about itself.
+type hostStatus struct {
+	API    string     `json:"api,omitempty"`
+	Listen []string   `json:"listen"` // candidate addresses for fast links (host:port)
+	VMs    []VMInfo   `json:"vms"`
+	Links  []LinkInfo `json:"links"` // its fast links
+	Rules  []RuleInfo `json:"rules"`
+	Ports  []PortInfo `json:"ports"`
+}
+
+// fastLink tells a host about one fast link it should have.
+type fastLink struct {
+	Name  string   `json:"name"`
+	Peer  string   `json:"peer"`
+	Kind  string   `json:"kind"`
+	Dial  bool     `json:"dial"`  // this host dials; the peer accepts
+	Addrs []string `json:"addrs"` // the peer's candidates, when Dial
+}
+
+// hostConfig is a host's share of the desired state.
+type hostConfig struct {
+	Links []fastLink `json:"links"`
+	Rules []RuleInfo `json:"rules"`
+}
+
+type lookupReq struct {
+	In  string `json:"in"`
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+}
+
+type lookupReply struct {
+	Outputs []string `json:"outputs"`
+	Roles   []string `json:"roles"`
+	By      string   `json:"by"`
+}
+
+func encodeCtrl(m *ctrlMsg) []byte {
+	b, err := json.Marshal(m)
+	if err != nil {
+		panic(err) // only plain types: cannot fail
+	}
+	return b
+}
