@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -376,3 +377,27 @@ func (p *Proxy) routes() *http.ServeMux {
 	}))
 	return mux
 }
+
+// Exported views and changes, for in-process users (vnet demo, tests).
+
+// Hosts lists the hosts the proxy knows.
+func (p *Proxy) Hosts() []HostInfo { return p.hosts() }
+
+// Links lists star and fast-path links.
+func (p *Proxy) Links() []LinkInfo { return p.links() }
+
+// VMs lists the VMs (MACs) attached anywhere.
+func (p *Proxy) VMs() []VMInfo { return p.vms() }
+
+// Rules lists the rules on every host.
+func (p *Proxy) Rules() []RuleInfo { return p.rules() }
+
+// Route traces the path a frame from src to dst takes now.
+func (p *Proxy) Route(ctx context.Context, src, dst bridge.MAC) (Route, error) { return p.route(ctx, src, dst) }
+
+// AddLink asks for a fast-path link between hosts a and b; it returns the
+// link's name.
+func (p *Proxy) AddLink(a, b string) (string, error) { return p.addLink(a, b, "") }
+
+// DelLink removes the fast-path link between a and b.
+func (p *Proxy) DelLink(a, b string) (string, error) { return p.delLink(a, b) }

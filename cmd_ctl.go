@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"vnet/appliance"
+)
+
+const ctlHelp = `
+Inspect and change a running vnet network through a daemon's control API
+(the proxy's by default; a host's API gives its local view, read-only).
+
+Commands:
+  status                      the daemon: role, uptime, ports and their counters
+  hosts                       hosts known to the proxy, their addresses, state and VMs
+  links                       star and fast-path links: state, RTT, bytes
+  rules                       forwarding rules on every host
+  vms                         VMs (MACs) and where they are attached
+  route SRC-MAC DST-MAC       the hop-by-hop path a frame takes right now
+  link add A B                open a direct fast-path link between hosts A and B
+  link del A B                close it (traffic falls back to the star)
+  rule add HOST SRC DST TO    install a rule on HOST: SRC and DST are MAC, any or
+                              not:MAC; TO is link:NAME or port:NAME (an optional
+                              "->" before TO is allowed)
+  rule del HOST SRC DST TO    remove it
+  export                      print the live state in the topology language
+  apply FILE                  make the desired state equal to FILE (- for stdin):
+                              only the difference is applied, and printed
+
+Examples:
+  vnet ctl hosts
+  vnet ctl link add h1 h2 && vnet ctl route 52:54:00:00:00:01 52:54:00:00:00:02
+  vnet ctl rule add h1 any 52:54:00:00:00:02 -> link:h1-h2
+  vnet ctl export > net.topo; $EDITOR net.topo; vnet ctl apply --dry-run net.topo; vnet ctl apply net.topo`
+
+func runCtl(ctx context.Context, args []string) error {
+	fs := newFlags("ctl", "[--api ADDR] [--json] COMMAND [ARGS]", ctlHelp)
+	api := fs.String("api", envOr("VNET_API", "127.0.0.1:7777"), "the daemon's control API address (env VNET_API)")
+	asJSON := fs.Bool("json", false, "print JSON (the API's shapes) instead of tables")
+	dryRun := fs.Bool("dry-run", false, "apply: print what would change, change nothing")
+	timeout := fs.Duration("timeout", 10*time.Second, "give up on the daemon after this long")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	a := fs.Args()
+	if len(a) == 0 {
+		fs.Usage()
+		return usageErr("no command")
+	}
+	c := &ctlClient{base: "http://" + *api + "/api/v1/", json: *asJSON,
+		http: &http.Client{Timeout: *timeout}, api: *api}
+	switch cmd := a[0]; {
+	case len(a) == 1 && cmd == "status":
+		var st appliance.Status
+		return c.show("status", &st, func(w io.Writer) { printStatus(w, st) })
+	case len(a) == 1 && cmd == "hosts":
+		var hs []appliance.HostInfo
+		return c.show("hosts", &hs, func(w io.Writer) {
+			table(w, "NAME\tSTATE\tNAT\tVMS\tADDRS")
+			for _, h := range hs {
+				table(w, "%s\t%s\t%s\t%d\t%s", h.Name, h.State, h.NAT, len(h.VMs), strings.Join(h.Addrs, " "))
+			}
+		})
+	case len(a) == 1 && cmd == "links":
+		var ls []appliance.LinkInfo
+		return c.show("links", &ls, func(w io.Writer) {
+			table(w, "NAME\tA\tB\tKIND\tROLE\tVIA\tSTATE\tRTT\tTX\tRX\tERROR")
+			for _, l := range ls {
+				table(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", l.Name, l.A, l.B, l.Kind, l.Role, l.Via, l.State,
+					rtt(l.RTTus), size(l.TxBytes), size(l.RxBytes), l.Error)
+			}
+		})
+	case len(a) == 1 && cmd == "rules":
+		var rs []appliance.RuleInfo
+		return c.show("rules", &rs, func(w io.Writer) {
+			table(w, "HOST\tSRC\tDST\t\tTO")
+			for _, r := range rs {
+				table(w, "%s\t%s\t%s\t->\t%s", r.Host, r.Src, r.Dst, r.To)
+			}
+		})
+	case len(a) == 1 && cmd == "vms":
+		var vs []appliance.VMInfo
+		return c.show("vms", &vs, func(w io.Writer) {
+			table(w, "MAC\tHOST\tPORT\tIPS")
+			for _, v := range vs {
+				table(w, "%s\t%s\t%s\t%s", v.MAC, v.Host, v.Port, strings.Join(v.IPs, " "))
+			}
+		})
+	case len(a) == 3 && cmd == "route":
+		var r appliance.Route
+		return c.show("route?src="+url.QueryEscape(a[1])+"&dst="+url.QueryEscape(a[2]), &r, func(w io.Writer) {
+			for i, h := range r.Hops {
+				fmt.Fprintf(w, "%d. %-12s -> %s  (%s)\n", i+1, h.Host, h.To, h.By)
+			}
+			if r.Delivered {
+				fmt.Fprintln(w, "delivered")
+			} else {
+				fmt.Fprintln(w, "not delivered")
+			}
+			if r.Note != "" {
+				fmt.Fprintln(w, "note:", r.Note)
+			}
+		})
+	case len(a) == 4 && cmd == "link" && (a[1] == "add" || a[1] == "del"):
+		method := http.MethodPost
+		if a[1] == "del" {
+			method = http.MethodDelete
+		}
+		return c.change(method, "links", map[string]string{"a": a[2], "b": a[3]})
+	case (len(a) == 6 || len(a) == 7) && cmd == "rule" && (a[1] == "add" || a[1] == "del"):
+		r := a[2:]
+		if len(r) == 5 {
+			if r[3] != "->" {
+				return usageErr("rule %s HOST SRC DST [->] TO", a[1])
+			}
+			r = append(r[:3], r[4])
+		}
+		method := http.MethodPost
+		if a[1] == "del" {
+			method = http.MethodDelete
+		}
+		return c.change(method, "rules", appliance.RuleInfo{Host: r[0], Src: r[1], Dst: r[2], To: r[3]})
+	case len(a) == 1 && cmd == "export":
+		b, err := c.do(http.MethodGet, "export", nil)
+		if err != nil {
+			return err
+		}
+		os.Stdout.Write(b)
+		return nil
+	case len(a) == 2 && cmd == "apply":
+		var body []byte
+		var err error
+		if a[1] == "-" {
+			body, err = io.ReadAll(os.Stdin)
+		} else {
+			body, err = os.ReadFile(a[1])
+		}
+		if err != nil {
+			return err
+		}
+		path := "apply"
+		if *dryRun {
+			path += "?dry_run=1"
+		}
+		b, err := c.do(http.MethodPost, path, body)
+		if err != nil {
+			return fmt.Errorf("%s: %w", a[1], err)
+		}
+		var res appliance.ApplyResult
+		if err := json.Unmarshal(b, &res); err != nil {
+			return err
+		}
+		if c.json {
+			os.Stdout.Write(b)
+			return nil
+		}
+		for _, ch := range res.Changes {
+			fmt.Println(ch)
+		}
+		switch {
+		case len(res.Changes) == 0:
+			fmt.Println("no changes")
+		case res.DryRun:
+			fmt.Printf("%d change(s) would be applied (dry run)\n", len(res.Changes))
+		default:
+			fmt.Printf("%d change(s) applied\n", len(res.Changes))
+		}
+		return nil
+	default:
+		return usageErr("unknown or incomplete command %q (see vnet ctl --help)", strings.Join(a, " "))
+	}
+}
+
+type ctlClient struct {
+	base, api string
+	json      bool
+	http      *http.Client
+}
+
+// do performs one API call and returns the body of a successful answer; an
+// error answer becomes an error carrying the daemon's message.
+func (c *ctlClient) do(method, path string, body []byte) ([]byte, error) {
+	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("cannot reach the control API at %s (is the daemon running? --api): %v", c.api, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, errors.New(e.Error)
+		}
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return b, nil
+}
+
+// show fetches path into v and prints it as JSON or with human.
+func (c *ctlClient) show(path string, v any, human func(io.Writer)) error {
+	b, err := c.do(http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		os.Stdout.Write(b)
+		return nil
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("unexpected answer from the daemon: %v", err)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	human(tw)
+	return tw.Flush()
+}
+
+func (c *ctlClient) change(method, path string, body any) error {
+	b, _ := json.Marshal(body)
+	out, err := c.do(method, path, b)
+	if err != nil {
+		return err
+	}
+	if c.json {
+		os.Stdout.Write(out)
+		return nil
+	}
+	var m map[string]string
+	json.Unmarshal(out, &m)
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Printf("%s %s\n", k, m[k])
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, st appliance.Status) {
+	table(w, "role\t%s", st.Role)
+	table(w, "name\t%s", st.Name)
+	table(w, "version\t%s", st.Version)
+	table(w, "uptime\t%s", time.Duration(st.UptimeS)*time.Second)
+	if len(st.Listen) > 0 {
+		table(w, "listen\t%s", strings.Join(st.Listen, " "))
+	}
+	if st.Role == "host" {
+		table(w, "proxy\t%s (%s)", st.Proxy, st.ProxyState)
+	} else {
+		table(w, "hosts\t%d up of %d", st.HostsUp, st.HostsKnown)
+	}
+	table(w, "links up\t%d", st.LinksUp)
+	table(w, "MACs\t%d", st.MACs)
+	table(w, "")
+	table(w, "PORT\tROLE\tRX FRAMES\tRX\tTX FRAMES\tTX\tDROPS")
+	for _, p := range st.Ports {
+		var drops []string
+		for _, k := range sortedMapKeys(p.Drops) {
+			drops = append(drops, fmt.Sprintf("%s=%d", k, p.Drops[k]))
+		}
+		table(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s", p.Name, p.Role, p.RxFrames, size(p.RxBytes), p.TxFrames, size(p.TxBytes),
+			strings.Join(drops, " "))
+	}
+}
+
+func sortedMapKeys(m map[string]uint64) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func table(w io.Writer, format string, a ...any) { fmt.Fprintf(w, format+"\n", a...) }
+
+func rtt(us int64) string {
+	if us <= 0 {
+		return "-"
+	}
+	return (time.Duration(us) * time.Microsecond).String()
+}
+
+func size(b uint64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1fM", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1fK", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", b)
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+
+	"vnet/appliance"
+	"vnet/bridge"
+	"vnet/tunnel"
+)
+
+func runHost(ctx context.Context, args []string) error {
+	fs := newFlags("host", "--name NAME --proxy URL --key-file FILE [ports] [flags]", `
+Run a host daemon where VMs run. It dials the proxy (outbound only, so it
+passes NAT and firewalls that allow outbound TCP), re-dials forever with
+backoff when the link breaks, attaches the VMs' ports to its switch, and opens
+fast-path links to other hosts when the proxy asks (vnet ctl link add).
+
+VM ports (each repeatable):
+  --tap NAME            create TAP device NAME (needs root or CAP_NET_ADMIN);
+                        it keeps working when moved into another namespace
+  --qemu-socket PATH    listen for QEMU: -netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH
+                        (or the older -netdev socket,id=n0,connect=...); a restarted QEMU reattaches
+  --qemu-connect PATH   dial a QEMU started with -netdev stream,id=n0,server=on,addr.type=unix,addr.path=PATH
+                        and re-dial forever (best for long-lived VMs: QEMU 7.2 as a client never reconnects)
+  --qemu-dgram OURS:VM  bind unixgram socket OURS and send to VM, for
+                        -netdev dgram,id=n0,local.type=unix,local.path=VM,remote.type=unix,remote.path=OURS
+
+Examples:
+  sudo vnet host --name h1 --proxy tcp://203.0.113.5:5000 --key-file net.key --tap vm0
+  vnet host --name h2 --proxy tcp://203.0.113.5:5000 --key-file net.key --qemu-socket /tmp/vm1.sock`)
+	name := fs.String("name", "", "this host's name, unique in the network (required)")
+	proxies := fs.StringArray("proxy", nil, "the proxy's address as tcp://HOST:PORT (repeatable: tried in order)")
+	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
+	listen := fs.String("listen", "tcp://:0", "where other hosts connect for fast paths (default: any free port)")
+	api := fs.String("api", "", "control API address for a local view (loopback only), e.g. 127.0.0.1:7778")
+	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it")
+	qemuSockets := fs.StringArray("qemu-socket", nil, "listen on unix socket PATH for a QEMU stream netdev")
+	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
+	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
+	mkLog := logFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	if *name == "" {
+		return usageErr("--name is required")
+	}
+	if len(*proxies) == 0 {
+		return usageErr("--proxy is required (e.g. --proxy tcp://203.0.113.5:5000)")
+	}
+	log, err := mkLog()
+	if err != nil {
+		return err
+	}
+	key, err := tunnel.LoadKeyFile(*keyFile)
+	if err != nil {
+		return err
+	}
+	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, Log: log}
+	for _, p := range *proxies {
+		ep, err := tunnel.ParseEndpoint(p)
+		if err != nil {
+			return usageErr("--proxy: %v", err)
+		}
+		cfg.Proxies = append(cfg.Proxies, ep)
+	}
+	if cfg.Listen, err = tunnel.ParseEndpoint(*listen); err != nil {
+		return usageErr("--listen: %v", err)
+	}
+	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, log)
+	if err != nil {
+		return err
+	}
+	cfg.Ports = ports
+	h, err := appliance.NewHost(cfg)
+	if err != nil {
+		closePorts(ports)
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	h.Close()
+	return nil
+}
+
+// openPorts opens the VM-facing ports named on the command line. On error it
+// closes what it opened.
+func openPorts(taps, qemuSockets, qemuConnects, qemuDgrams []string, log *slog.Logger) (ports []appliance.LocalPort, err error) {
+	defer func() {
+		if err != nil {
+			closePorts(ports)
+		}
+	}()
+	names := map[string]bool{}
+	add := func(name string, p bridge.Port) error {
+		if names[name] {
+			p.Close()
+			return fmt.Errorf("two VM ports would be called %s; rename one", name)
+		}
+		names[name] = true
+		ports = append(ports, appliance.LocalPort{Name: name, Port: p})
+		return nil
+	}
+	for _, t := range taps {
+		p, err := bridge.OpenTAP(t, log)
+		if err != nil {
+			return nil, portErr("--tap", t, err)
+		}
+		if err := add(t, p); err != nil {
+			return nil, err
+		}
+	}
+	for _, path := range qemuSockets {
+		p, err := bridge.ListenQEMU(path, log)
+		if err != nil {
+			return nil, portErr("--qemu-socket", path, err)
+		}
+		if err := add(portName(path), p); err != nil {
+			return nil, err
+		}
+	}
+	for _, path := range qemuConnects {
+		p, err := bridge.DialQEMU(path, log)
+		if err != nil {
+			return nil, portErr("--qemu-connect", path, err)
+		}
+		if err := add(portName(path), p); err != nil {
+			return nil, err
+		}
+	}
+	for _, pair := range qemuDgrams {
+		ours, vm, ok := strings.Cut(pair, ":")
+		if !ok || ours == "" || vm == "" {
+			return nil, usageErr("--qemu-dgram %q: want OURS:VM (two socket paths)", pair)
+		}
+		p, err := bridge.OpenQEMUDgram(ours, vm, log)
+		if err != nil {
+			return nil, portErr("--qemu-dgram", pair, err)
+		}
+		if err := add(portName(ours), p); err != nil {
+			return nil, err
+		}
+	}
+	return ports, nil
+}
+
+// portName names a socket port after its file: /run/vm1.sock -> vm1.
+func portName(path string) string {
+	base := filepath.Base(path)
+	return strings.TrimSuffix(base, filepath.Ext(base))
+}
