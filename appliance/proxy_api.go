@@ -393,7 +393,9 @@ func (p *Proxy) VMs() []VMInfo { return p.vms() }
 func (p *Proxy) Rules() []RuleInfo { return p.rules() }
 
 // Route traces the path a frame from src to dst takes now.
-func (p *Proxy) Route(ctx context.Context, src, dst bridge.MAC) (Route, error) { return p.route(ctx, src, dst) }
+func (p *Proxy) Route(ctx context.Context, src, dst bridge.MAC) (Route, error) {
+	return p.route(ctx, src, dst)
+}
 
 // AddLink asks for a fast-path link between hosts a and b; it returns the
 // link's name.
