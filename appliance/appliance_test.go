@@ -213,6 +213,7 @@ func TestStarFastPathAndProxyRestart(t *testing.T) {
 	n.allPairs(64 << 10)
 
 	a, b := n.vms[0], n.vms[2] // h1/vm1, h2/vm1
+	n.waitFor("hosts to report their VMs", 5*time.Second, func() bool { return len(n.proxy.VMs()) == len(n.vms) })
 	if got, want := n.route(a, b), "h1:link:star-h1 proxy:link:star-h2 h2:port:vm1 delivered=true"; got != want {
 		t.Fatalf("route through the star = %q, want %q", got, want)
 	}
