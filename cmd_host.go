@@ -22,8 +22,8 @@ fast-path links to other hosts when the proxy asks (vnet ctl link add).
 VM ports (each repeatable):
   --tap NAME            create TAP device NAME (needs root or CAP_NET_ADMIN);
                         it keeps working when moved into another namespace
-  --qemu-socket PATH    listen for QEMU: -netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH
-                        (or the older -netdev socket,id=n0,connect=...); a restarted QEMU reattaches
+  --qemu-socket PATH    listen for QEMU: -netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH;
+                        a restarted QEMU reattaches
   --qemu-connect PATH   dial a QEMU started with -netdev stream,id=n0,server=on,addr.type=unix,addr.path=PATH
                         and re-dial forever (best for long-lived VMs: QEMU 7.2 as a client never reconnects)
   --qemu-dgram OURS:VM  bind unixgram socket OURS and send to VM, for

@@ -54,6 +54,8 @@ type Host struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	statusMu sync.Mutex // serialises sendStatus (the ticker and kicks)
+
 	mu struct {
 		sync.Mutex
 		star      *tunnel.Link
@@ -546,11 +548,9 @@ func (h *Host) fastLinkInfos() []LinkInfo {
 	return out
 }
 
-var statusMu sync.Mutex // serialises sendStatus across callers
-
 func (h *Host) sendStatus(force bool) {
-	statusMu.Lock()
-	defer statusMu.Unlock()
+	h.statusMu.Lock()
+	defer h.statusMu.Unlock()
 	st := h.status()
 	macs := h.localMACs()
 	mb, _ := json.Marshal(macs)
