@@ -128,7 +128,7 @@ func Dial(ctx context.Context, ep Endpoint, creds *Credentials, hello Hello, log
 		return fail(fmt.Errorf("refused by %s: %s", peer.Name, peer.Error))
 	}
 	conn.SetDeadline(time.Time{})
-	return newLink(conn, br, peer, log, h), nil
+	return newLink(newStreamTransport(conn, br), peer, log, h), nil
 }
 
 // Listener accepts authenticated links.
@@ -259,7 +259,7 @@ func (in *Incoming) Accept(hello Hello, log *slog.Logger, h ControlHandler) (*Li
 		return nil, err
 	}
 	in.conn.SetDeadline(time.Time{})
-	return newLink(in.conn, in.br, in.Hello, log, h), nil
+	return newLink(newStreamTransport(in.conn, in.br), in.Hello, log, h), nil
 }
 
 // Refuse answers with a hello carrying reason and closes the connection.

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -36,18 +35,16 @@ const linkBatch = 64
 // call.
 type ControlHandler func(l *Link, msg []byte)
 
-// Link is an authenticated stream connection to another daemon. It is a
-// bridge.Port for frames and also carries control messages and keepalives.
+// Link is an authenticated connection to another daemon over some
+// transport. It is a bridge.Port for frames and also carries control
+// messages and keepalives.
 type Link struct {
-	conn      net.Conn
+	t         transport
 	peer      Hello
 	log       *slog.Logger
 	onControl ControlHandler
-	br        *bufio.Reader
 
-	wmu sync.Mutex // guards bw and wscratch
-	bw  *bufio.Writer
-	hdr [HeaderLen + 8]byte
+	wmu sync.Mutex // serialises writes to t
 
 	keepalive, deadAfter, writeTimeout time.Duration // from the package vars, at creation
 
@@ -67,9 +64,9 @@ type Link struct {
 
 var _ bridge.Port = (*Link)(nil)
 
-func newLink(conn net.Conn, br *bufio.Reader, peer Hello, log *slog.Logger, h ControlHandler) *Link {
-	l := &Link{conn: conn, peer: peer, log: log, onControl: h, br: br,
-		bw: bufio.NewWriterSize(conn, 64<<10), epoch: time.Now(), done: make(chan struct{}), quiet: make(chan struct{})}
+func newLink(t transport, peer Hello, log *slog.Logger, h ControlHandler) *Link {
+	l := &Link{t: t, peer: peer, log: log, onControl: h, epoch: time.Now(), done: make(chan struct{}),
+		quiet: make(chan struct{})}
 	l.keepalive, l.deadAfter, l.writeTimeout = KeepaliveInterval, DeadAfter, WriteTimeout
 	go l.routineKeepalive()
 	return l
@@ -78,11 +75,14 @@ func newLink(conn net.Conn, br *bufio.Reader, peer Hello, log *slog.Logger, h Co
 // Peer is the Hello the other side sent.
 func (l *Link) Peer() Hello { return l.peer }
 
+// Kind is the link kind: tcp, udp or quic.
+func (l *Link) Kind() string { return l.t.kind() }
+
 // RemoteAddr is the underlay address of the peer.
-func (l *Link) RemoteAddr() net.Addr { return l.conn.RemoteAddr() }
+func (l *Link) RemoteAddr() net.Addr { return l.t.remoteAddr() }
 
 // LocalAddr is our underlay address of this link.
-func (l *Link) LocalAddr() net.Addr { return l.conn.LocalAddr() }
+func (l *Link) LocalAddr() net.Addr { return l.t.localAddr() }
 
 // RTT is the smoothed keepalive round-trip time (zero until measured).
 func (l *Link) RTT() time.Duration { return time.Duration(l.rtt.Load()) }
@@ -113,7 +113,7 @@ func (l *Link) fail(err error) {
 		l.err = err
 		l.errMu.Unlock()
 		close(l.done)
-		l.conn.Close()
+		l.t.close()
 	})
 }
 
@@ -125,69 +125,36 @@ func (l *Link) since() int64 { return int64(time.Since(l.epoch)) }
 func (l *Link) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n := 0
 	for n < len(bufs) {
-		if n > 0 && !l.wholeMessageBuffered() {
+		if n > 0 && !l.t.more() {
 			break
 		}
-		typ, size, err := l.readHeader()
+		typ, payload, err := l.t.readMsg(bufs[n][offset:])
 		if err != nil {
 			return n, l.readFailed(err)
 		}
 		l.lastRx.Store(l.since())
 		switch typ {
 		case MsgFrame:
-			if size > len(bufs[n])-offset {
-				return n, l.readFailed(fmt.Errorf("frame of %d bytes does not fit a %d-byte buffer", size, len(bufs[n])-offset))
-			}
-			if _, err := io.ReadFull(l.br, bufs[n][offset:offset+size]); err != nil {
-				return n, l.readFailed(err)
-			}
-			sizes[n] = size
-			l.rxBytes.Add(uint64(size))
+			sizes[n] = len(payload)
+			l.rxBytes.Add(uint64(len(payload)))
 			n++
-		case MsgPing, MsgPong:
+		case MsgPing:
 			var b [8]byte
-			if _, err := io.ReadFull(l.br, b[:]); err != nil {
-				return n, l.readFailed(err)
-			}
-			if typ == MsgPing {
-				l.send(MsgPong, b[:])
-			} else if sent := int64(binary.BigEndian.Uint64(b[:])); sent > 0 && sent <= l.since() {
-				l.observeRTT(l.since() - sent)
+			copy(b[:], payload)
+			l.send(MsgPong, b[:])
+		case MsgPong:
+			if len(payload) == 8 {
+				if sent := int64(binary.BigEndian.Uint64(payload)); sent > 0 && sent <= l.since() {
+					l.observeRTT(l.since() - sent)
+				}
 			}
 		case MsgControl:
-			msg := make([]byte, size)
-			if _, err := io.ReadFull(l.br, msg); err != nil {
-				return n, l.readFailed(err)
-			}
 			if l.onControl != nil {
-				l.onControl(l, msg)
+				l.onControl(l, payload)
 			}
 		}
 	}
 	return n, nil
-}
-
-func (l *Link) readHeader() (byte, int, error) {
-	b, err := l.br.Peek(HeaderLen)
-	if err != nil {
-		return 0, 0, err
-	}
-	typ, size, err := ParseHeader(b)
-	if err != nil {
-		return 0, 0, fmt.Errorf("protocol error from %s: %w", l.peer.Name, err)
-	}
-	l.br.Discard(HeaderLen)
-	return typ, size, nil
-}
-
-// wholeMessageBuffered reports whether the next message can be read without
-// blocking, so a batch never waits for more than its first frame.
-func (l *Link) wholeMessageBuffered() bool {
-	if l.br.Buffered() < HeaderLen {
-		return false
-	}
-	b, _ := l.br.Peek(HeaderLen)
-	return l.br.Buffered() >= HeaderLen+int(binary.BigEndian.Uint32(b)&0xffffff)
 }
 
 func (l *Link) readFailed(err error) error {
@@ -211,26 +178,28 @@ func (l *Link) observeRTT(d int64) {
 	l.rtt.Store(old + (d-old)/8) // RFC 6298's alpha
 }
 
-// Write implements bridge.Port: the batch goes out in one flush, with each
-// header written into the frame's headroom.
+// Write implements bridge.Port: the batch goes out at once, each header
+// written into the frame's headroom.
 func (l *Link) Write(bufs [][]byte, offset int) (int, error) {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	l.conn.SetWriteDeadline(time.Now().Add(l.writeTimeout))
-	var bytes uint64
-	for i, b := range bufs {
-		size := len(b) - offset
-		PutHeader(b[offset-HeaderLen:], MsgFrame, size)
-		if _, err := l.bw.Write(b[offset-HeaderLen:]); err != nil {
-			return i, l.writeFailed(err)
-		}
-		bytes += uint64(size)
-	}
-	if err := l.bw.Flush(); err != nil {
+	l.armWriteDeadline()
+	if err := l.t.writeFrames(bufs, offset); err != nil {
 		return 0, l.writeFailed(err)
+	}
+	var bytes uint64
+	for _, b := range bufs {
+		bytes += uint64(len(b) - offset)
 	}
 	l.txBytes.Add(bytes)
 	return len(bufs), nil
+}
+
+// armWriteDeadline bounds the next write on transports that can block.
+func (l *Link) armWriteDeadline() {
+	if d, ok := l.t.(interface{ SetWriteDeadline(time.Time) error }); ok {
+		d.SetWriteDeadline(time.Now().Add(l.writeTimeout))
+	}
 }
 
 func (l *Link) writeFailed(err error) error {
@@ -254,15 +223,8 @@ func (l *Link) send(typ byte, payload []byte) error {
 		return net.ErrClosed
 	default:
 	}
-	l.conn.SetWriteDeadline(time.Now().Add(l.writeTimeout))
-	PutHeader(l.hdr[:], typ, len(payload))
-	if _, err := l.bw.Write(l.hdr[:HeaderLen]); err != nil {
-		return l.writeFailed(err)
-	}
-	if _, err := l.bw.Write(payload); err != nil {
-		return l.writeFailed(err)
-	}
-	if err := l.bw.Flush(); err != nil {
+	l.armWriteDeadline()
+	if err := l.t.writeMsg(typ, payload); err != nil {
 		return l.writeFailed(err)
 	}
 	return nil
