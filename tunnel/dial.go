@@ -143,11 +143,22 @@ type Listener struct {
 }
 
 // Incoming is a connection that passed authentication and sent its Hello;
-// the caller accepts it (Accept) or refuses it (Refuse).
+// the caller accepts it (Accept) or refuses it (Refuse). Every transport
+// produces them.
 type Incoming struct {
-	conn  *tls.Conn
-	br    *bufio.Reader
-	Hello Hello
+	Hello  Hello
+	remote net.Addr
+	// reply sends our Hello and returns the transport, ready for a Link.
+	reply func(h Hello) (transport, error)
+	// refuse sends a Hello carrying an error and drops the connection.
+	refuse func(h Hello)
+}
+
+// Acceptor is a listener of any link kind.
+type Acceptor interface {
+	Accept(ctx context.Context) (*Incoming, error)
+	Addr() net.Addr
+	Close() error
 }
 
 // Listen listens on ep. Handshakes run concurrently, each bounded by
@@ -240,7 +251,21 @@ func (l *Listener) handshake(raw net.Conn) {
 		conn.Close()
 		return
 	}
-	in := &Incoming{conn: conn, br: br, Hello: h}
+	in := &Incoming{Hello: h, remote: raw.RemoteAddr(),
+		reply: func(hello Hello) (transport, error) {
+			conn.SetDeadline(time.Now().Add(HandshakeTimeout))
+			if err := writeHello(bufio.NewWriter(conn), hello); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			conn.SetDeadline(time.Time{})
+			return newStreamTransport(conn, br), nil
+		},
+		refuse: func(hello Hello) {
+			conn.SetDeadline(time.Now().Add(time.Second))
+			writeHello(bufio.NewWriter(conn), hello)
+			conn.Close()
+		}}
 	select {
 	case l.ch <- in:
 	case <-l.done:
@@ -249,25 +274,21 @@ func (l *Listener) handshake(raw net.Conn) {
 }
 
 // RemoteAddr is the peer's underlay address.
-func (in *Incoming) RemoteAddr() net.Addr { return in.conn.RemoteAddr() }
+func (in *Incoming) RemoteAddr() net.Addr { return in.remote }
 
 // Accept answers with our hello and returns the link.
 func (in *Incoming) Accept(hello Hello, log *slog.Logger, h ControlHandler) (*Link, error) {
-	in.conn.SetDeadline(time.Now().Add(HandshakeTimeout))
-	if err := writeHello(bufio.NewWriter(in.conn), hello); err != nil {
-		in.conn.Close()
+	t, err := in.reply(hello)
+	if err != nil {
 		return nil, err
 	}
-	in.conn.SetDeadline(time.Time{})
-	return newLink(newStreamTransport(in.conn, in.br), in.Hello, log, h), nil
+	return newLink(t, in.Hello, log, h), nil
 }
 
-// Refuse answers with a hello carrying reason and closes the connection.
+// Refuse answers with a hello carrying reason and drops the connection.
 func (in *Incoming) Refuse(hello Hello, reason string) {
-	in.conn.SetDeadline(time.Now().Add(time.Second))
 	hello.Error = reason
-	writeHello(bufio.NewWriter(in.conn), hello)
-	in.conn.Close()
+	in.refuse(hello)
 }
 
 // tuneTCP sets what every link connection wants: no Nagle delay for small
