@@ -22,7 +22,7 @@ var HandshakeTimeout = 10 * time.Second
 
 // Endpoint is where a link listens or dials: a URL like tcp://host:port.
 type Endpoint struct {
-	Kind string // "tcp" (udp and quic come with NAT traversal)
+	Kind string // "tcp", "udp" or "quic"
 	Addr string // host:port
 }
 
@@ -35,11 +35,9 @@ func ParseEndpoint(s string) (Endpoint, error) {
 		return Endpoint{}, fmt.Errorf("malformed endpoint %q (want e.g. tcp://198.51.100.7:5000 or tcp://:5000)", s)
 	}
 	switch u.Scheme {
-	case "tcp":
-	case "udp", "quic":
-		return Endpoint{}, fmt.Errorf("endpoint %q: %s links are not supported yet; use tcp://", s, u.Scheme)
+	case "tcp", "udp", "quic":
 	default:
-		return Endpoint{}, fmt.Errorf("endpoint %q: unknown link kind %q (want tcp)", s, u.Scheme)
+		return Endpoint{}, fmt.Errorf("endpoint %q: unknown link kind %q (want tcp, udp or quic)", s, u.Scheme)
 	}
 	if _, _, err := net.SplitHostPort(u.Host); err != nil {
 		return Endpoint{}, fmt.Errorf("endpoint %q: %v", s, err)

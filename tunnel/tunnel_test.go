@@ -47,7 +47,7 @@ func TestParseEndpoint(t *testing.T) {
 			t.Errorf("ParseEndpoint(%q) = %v, %v", s, got, err)
 		}
 	}
-	for _, s := range []string{"127.0.0.1:5000", "tcp://host", "foo://a:1", "tcp://a:1/x", "udp://a:1"} {
+	for _, s := range []string{"127.0.0.1:5000", "tcp://host", "foo://a:1", "tcp://a:1/x", "udp://a"} {
 		if _, err := ParseEndpoint(s); err == nil {
 			t.Errorf("ParseEndpoint(%q) accepted", s)
 		}
