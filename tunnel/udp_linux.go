@@ -1,0 +1,190 @@
+//go:build linux
+
+package tunnel
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+)
+
+// linuxUDPIO receives with recvmmsg and sends with sendmmsg.
+//
+// Receiving calls recvmmsg itself (through the socket's RawConn, so the Go
+// poller still parks the reader) rather than x/net's ReadBatch: ReadBatch
+// allocates a *net.UDPAddr and its net.IP for every datagram, and the
+// receive path must not allocate. Sending uses x/net's WriteBatch (sendmmsg),
+// which reuses its scratch and allocates nothing.
+type linuxUDPIO struct {
+	conn *net.UDPConn
+	rc   syscall.RawConn
+	is6  bool
+	pc4  *ipv4.PacketConn
+	pc6  *ipv6.PacketConn
+
+	// recvmmsg scratch: the reader goroutine only
+	hs     []unix.Mmsghdr
+	iovs   []unix.Iovec
+	names  []unix.RawSockaddrInet6
+	vlen   int
+	n      int
+	errno  syscall.Errno
+	recvFn func(fd uintptr) bool
+}
+
+func newUDPIO(conn *net.UDPConn) (udpIO, bool, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, false, err
+	}
+	domain := unix.AF_INET
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		domain, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+	}); err != nil {
+		return nil, false, err
+	}
+	if serr != nil {
+		return nil, false, serr
+	}
+	u := &linuxUDPIO{conn: conn, rc: rc, is6: domain == unix.AF_INET6,
+		hs: make([]unix.Mmsghdr, udpReadBatch), iovs: make([]unix.Iovec, udpReadBatch),
+		names: make([]unix.RawSockaddrInet6, udpReadBatch)}
+	if u.is6 {
+		u.pc6 = ipv6.NewPacketConn(conn)
+	} else {
+		u.pc4 = ipv4.NewPacketConn(conn)
+	}
+	u.recvFn = u.recvmmsg
+	return u, u.is6, nil
+}
+
+// tuneUDPSocket enlarges the socket buffers, best effort (see
+// udpSocketBuffer for why): SO_RCVBUFFORCE/SO_SNDBUFFORCE pass the sysctl
+// caps when we are root, else the plain options take what the caps allow.
+func tuneUDPSocket(conn *net.UDPConn) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpSocketBuffer) != nil {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpSocketBuffer)
+		}
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, udpSocketBuffer) != nil {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, udpSocketBuffer)
+		}
+	})
+}
+
+func (u *linuxUDPIO) recvmmsg(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&u.hs[0])), uintptr(u.vlen), 0, 0, 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e == unix.EAGAIN || e == unix.EWOULDBLOCK {
+			return false // the poller waits for the socket to become readable
+		}
+		u.n, u.errno = int(n), e
+		return true
+	}
+}
+
+func (u *linuxUDPIO) readBatch(bufs [][]byte, sizes []int, froms []netip.AddrPort) (int, error) {
+	u.vlen = min(len(bufs), len(u.hs))
+	for i := 0; i < u.vlen; i++ {
+		u.iovs[i].Base = &bufs[i][0]
+		u.iovs[i].SetLen(len(bufs[i]))
+		h := &u.hs[i]
+		h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&u.names[i])), Namelen: unix.SizeofSockaddrInet6, Iov: &u.iovs[i]}
+		h.Hdr.SetIovlen(1)
+		h.Len = 0
+	}
+	u.n, u.errno = 0, 0
+	if err := u.rc.Read(u.recvFn); err != nil {
+		return 0, err
+	}
+	if u.errno != 0 {
+		return 0, os.NewSyscallError("recvmmsg", u.errno)
+	}
+	for i := 0; i < u.n; i++ {
+		h := &u.hs[i]
+		sizes[i] = int(h.Len)
+		if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+			sizes[i] = -1
+		}
+		froms[i] = rawToAddrPort(&u.names[i])
+	}
+	return u.n, nil
+}
+
+// rawToAddrPort decodes a sockaddr_in or sockaddr_in6 (zone dropped).
+func rawToAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	port := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p := uint16(port[0])<<8 | uint16(port[1])
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), p)
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), p)
+	}
+	return netip.AddrPort{}
+}
+
+func (u *linuxUDPIO) sendBatch(b *udpTxBatch) error {
+	if len(b.msgs) < b.n {
+		b.msgs = make([]ipv4.Message, len(b.bufs))
+		for i := range b.msgs {
+			b.msgs[i].Buffers = make([][]byte, 1)
+		}
+	}
+	if b.toUDP == nil || b.to != b.toCached {
+		to, err := udpSockAddr(b.to, u.is6)
+		if err != nil {
+			return err
+		}
+		b.toUDP, b.toCached = net.UDPAddrFromAddrPort(to), b.to
+	}
+	ms := b.msgs[:b.n]
+	for i := range ms {
+		ms[i].Buffers[0] = b.bufs[i][:b.size[i]]
+		ms[i].Addr = b.toUDP
+	}
+	for len(ms) > 0 {
+		var n int
+		var err error
+		if u.is6 {
+			n, err = u.pc6.WriteBatch(ms, 0)
+		} else {
+			n, err = u.pc4.WriteBatch(ms, 0)
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return errors.New("sendmmsg sent nothing")
+		}
+		ms = ms[n:]
+	}
+	return nil
+}
+
+func (u *linuxUDPIO) writeTo(b []byte, to netip.AddrPort) error {
+	a, err := udpSockAddr(to, u.is6)
+	if err != nil {
+		return err
+	}
+	_, err = u.conn.WriteToUDPAddrPort(b, a)
+	return err
+}
+
+func (u *linuxUDPIO) close() error { return u.conn.Close() }

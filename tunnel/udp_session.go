@@ -1,0 +1,472 @@
+package tunnel
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/net/ipv4"
+
+	"vnet/bridge"
+)
+
+// udpSession is one datagram link's state in a mux, and the transport a
+// Link runs over.
+//
+// Ownership: the receive half (rx, replay, reasm, rxFrom) belongs to the
+// mux's reader goroutine; the transmit half to whoever holds txMu (the
+// Link's writes); in is the hand-over between the reader and the Link's
+// reader (readMsg, more), which owns cur.
+type udpSession struct {
+	m             *UDPMux
+	local, remote uint32 // our index (receiver index of their datagrams), theirs
+
+	// receive half: the mux's reader only
+	rx          cipher.AEAD
+	rxNonce     [12]byte
+	replay      replayWindow
+	reasm       *Reassembler
+	reasmExpire uint64
+	rxFrom      netip.AddrPort
+
+	peer      atomic.Pointer[netip.AddrPort] // where we send: the latest authenticated source
+	confirmed atomic.Bool                    // an authenticated datagram arrived
+
+	in  chan udpMsg
+	cur udpMsg // the message readMsg returned last (its payload is lent out)
+
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+
+	tx struct {
+		sync.Mutex
+		aead    cipher.AEAD
+		nonce   [12]byte
+		counter uint64
+		fragID  uint16
+		batch   udpTxBatch
+	}
+}
+
+var _ transport = (*udpSession)(nil)
+
+// udpMsg is a whole message queued for the link: data lives in buf (from
+// pool) or, for a large control message, in memory of its own.
+type udpMsg struct {
+	typ  byte
+	data []byte
+	buf  *udpBuf
+	pool *sync.Pool
+}
+
+func (e *udpMsg) release() {
+	if e.buf != nil {
+		e.pool.Put(e.buf)
+	}
+	*e = udpMsg{}
+}
+
+// udpTxBatch is a session's scratch of datagrams about to be sent to one
+// address. The io may keep its own per-batch scratch in it (msgs, toUDP).
+type udpTxBatch struct {
+	bufs [][]byte // udpSendBatch buffers of maxPayload bytes
+	size []int
+	n    int
+	to   netip.AddrPort
+
+	msgs     []ipv4.Message
+	toUDP    *net.UDPAddr
+	toCached netip.AddrPort
+}
+
+func newAEAD(key [32]byte) cipher.AEAD {
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		panic(err) // 32-byte keys never fail
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		panic(err)
+	}
+	return aead
+}
+
+// addSession registers a new session under a fresh index (local == 0) or
+// under a dial's reserved index.
+func (m *UDPMux) addSession(local, remote uint32, peer netip.AddrPort, txKey, rxKey [32]byte) (*udpSession, error) {
+	s := &udpSession{m: m, remote: remote, rx: newAEAD(rxKey),
+		reasm: NewReassembler(udpReassemblyPending, udpReassemblyMax, int64(UDPReassemblyTimeout)),
+		in:    make(chan udpMsg, udpQueueLen), done: make(chan struct{}), rxFrom: peer}
+	s.tx.aead = newAEAD(txKey)
+	s.peer.Store(&peer)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.mu.closed {
+		return nil, errUDPMuxClosed
+	}
+	old := *m.sessions.Load()
+	if len(old) >= udpMaxSessions {
+		return nil, fmt.Errorf("too many UDP sessions (%d)", len(old))
+	}
+	if local == 0 {
+		local = m.allocIndexLocked()
+	}
+	s.local = local
+	next := make(map[uint32]*udpSession, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[local] = s
+	m.sessions.Store(&next)
+	return s, nil
+}
+
+func (m *UDPMux) removeSession(s *udpSession) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.sessions.Load()
+	if old[s.local] != s {
+		return
+	}
+	next := make(map[uint32]*udpSession, len(old))
+	for k, v := range old {
+		if k != s.local {
+			next[k] = v
+		}
+	}
+	m.sessions.Store(&next)
+}
+
+// handleData decrypts a transport datagram in place and queues its message.
+func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now int64) {
+	if len(b) < udpDataHeaderLen+InnerHeaderLen+udpTagLen {
+		m.count(udpTruncated)
+		return
+	}
+	s := (*m.sessions.Load())[binary.BigEndian.Uint32(b[1:5])]
+	if s == nil {
+		m.count(udpUnknownSession)
+		return
+	}
+	ctr := binary.BigEndian.Uint64(b[5:13])
+	binary.BigEndian.PutUint64(s.rxNonce[4:], ctr)
+	pt, err := s.rx.Open(b[udpDataHeaderLen:udpDataHeaderLen], s.rxNonce[:], b[udpDataHeaderLen:], b[:udpDataHeaderLen])
+	if err != nil {
+		m.count(udpBadMAC)
+		return
+	}
+	if !s.replay.accept(ctr) {
+		m.count(udpReplay)
+		return
+	}
+	if from != s.rxFrom { // NAT rebinding or roaming: follow the peer
+		s.rxFrom = from
+		p := new(netip.AddrPort) // only here: from itself must not escape
+		*p = from
+		s.peer.Store(p)
+		m.count(udpRoam)
+	}
+	if !s.confirmed.Load() {
+		s.confirmed.Store(true)
+	}
+	typ, id, index, count, chunk, err := ParseInner(pt)
+	if err != nil {
+		m.count(udpBadMessage)
+		return
+	}
+	if count == 1 {
+		if !m.validMsg(typ, len(chunk)) {
+			m.count(udpBadMessage)
+			return
+		}
+		if s.push(udpMsg{typ: typ, data: chunk, buf: *slot, pool: &m.rxPool}) {
+			*slot = nil
+		}
+		return
+	}
+	msg, err := s.reasm.Add(typ, id, index, count, chunk, now)
+	if e := s.reasm.Expired; e != s.reasmExpire {
+		m.counters[udpFragExpired].Add(e - s.reasmExpire)
+		s.reasmExpire = e
+	}
+	if err != nil {
+		if errors.Is(err, ErrFragTooBig) {
+			m.count(udpTooBig)
+		} else {
+			m.count(udpFragError)
+		}
+		return
+	}
+	if msg == nil {
+		return
+	}
+	if !m.validMsg(typ, len(msg)) {
+		m.count(udpBadMessage)
+		return
+	}
+	e := udpMsg{typ: typ}
+	if len(msg) <= bridge.MaxFrame {
+		e.buf, e.pool = udpLargePool.Get().(*udpBuf), &udpLargePool
+		e.data = e.buf.b[:copy(e.buf.b, msg)]
+	} else {
+		e.data = append([]byte(nil), msg...) // a large control message: rare
+	}
+	if !s.push(e) {
+		e.release()
+	}
+}
+
+// validMsg checks a whole message's size against its type.
+func (m *UDPMux) validMsg(typ byte, n int) bool {
+	switch typ {
+	case MsgFrame:
+		return n >= bridge.MinFrame && n <= bridge.MaxFrame
+	case MsgControl:
+		return n >= 1 && n <= m.maxControl
+	case MsgPing, MsgPong:
+		return n == 8
+	}
+	return false
+}
+
+// push queues e for the link's reader, or drops it when the queue is full.
+func (s *udpSession) push(e udpMsg) bool {
+	select {
+	case s.in <- e:
+		return true
+	default:
+		s.m.count(udpQueueFull)
+		return false
+	}
+}
+
+func (s *udpSession) kind() string        { return "udp" }
+func (s *udpSession) localAddr() net.Addr { return s.m.laddr }
+func (s *udpSession) remoteAddr() net.Addr {
+	return net.UDPAddrFromAddrPort(*s.peer.Load())
+}
+
+func (s *udpSession) close() error {
+	s.closeWith(errors.New("udp session closed"))
+	return nil
+}
+
+func (s *udpSession) closeWith(err error) {
+	s.closeOnce.Do(func() {
+		s.closeErr = err
+		close(s.done)
+		s.m.removeSession(s)
+	})
+}
+
+// readMsg pops the next message. Frames are copied into frame and their
+// buffer goes back to the pool at once; other payloads stay lent until the
+// next call.
+func (s *udpSession) readMsg(frame []byte) (byte, []byte, error) {
+	s.cur.release()
+	for {
+		select {
+		case <-s.done:
+			return 0, nil, s.closeErr
+		default:
+		}
+		var e udpMsg
+		select {
+		case e = <-s.in:
+		case <-s.done:
+			return 0, nil, s.closeErr
+		}
+		if e.typ != MsgFrame {
+			s.cur = e
+			return e.typ, e.data, nil
+		}
+		if len(e.data) > len(frame) {
+			s.m.count(udpTooBig)
+			e.release()
+			continue
+		}
+		n := copy(frame, e.data)
+		e.release()
+		return MsgFrame, frame[:n], nil
+	}
+}
+
+func (s *udpSession) more() bool { return len(s.in) > 0 }
+
+func (s *udpSession) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// writeFrames encrypts every frame into the session's scratch datagrams
+// (fragmenting those that do not fit one) and sends them in batches. A
+// frame's plaintext is read where it lies: the inner header goes into the
+// 5 bytes before each chunk (the headroom for the first, the previous
+// chunk's tail for the others, saved and restored), so the caller's bytes
+// are unchanged when it returns. Socket errors are counted, not returned:
+// a lost datagram is normal on UDP, and keepalives judge the path.
+func (s *udpSession) writeFrames(bufs [][]byte, offset int) error {
+	s.tx.Lock()
+	defer s.tx.Unlock()
+	if s.isClosed() {
+		return net.ErrClosed
+	}
+	for _, b := range bufs {
+		n := len(b) - offset
+		if n > bridge.MaxFrame || n < 0 {
+			s.m.count(udpTooBig)
+			continue
+		}
+		if offset < InnerHeaderLen {
+			if err := s.appendCopyLocked(MsgFrame, b[offset:]); err != nil {
+				return err
+			}
+			continue
+		}
+		s.appendFrameLocked(b, offset)
+	}
+	return s.flushLocked()
+}
+
+// appendFrameLocked seals frame b[offset:] chunk by chunk without copying it.
+func (s *udpSession) appendFrameLocked(b []byte, offset int) {
+	chunkMax := s.m.chunkMax
+	n := len(b) - offset
+	count := FragmentCount(n, chunkMax)
+	var id uint16
+	if count > 1 {
+		s.tx.fragID++
+		id = s.tx.fragID
+	}
+	for i := 0; i < count; i++ {
+		start := offset + i*chunkMax
+		end := min(start+chunkMax, len(b))
+		h := start - InnerHeaderLen
+		var saved [InnerHeaderLen]byte
+		copy(saved[:], b[h:start])
+		PutInner(b[h:], MsgFrame, id, uint8(i), uint8(count))
+		s.sealLocked(b[h:end])
+		copy(b[h:start], saved[:])
+	}
+}
+
+// appendCopyLocked queues a message that has no headroom: each chunk is
+// copied behind its inner header in the datagram, then sealed in place.
+func (s *udpSession) appendCopyLocked(typ byte, payload []byte) error {
+	chunkMax := s.m.chunkMax
+	count := FragmentCount(len(payload), chunkMax)
+	if count > MaxFragments {
+		return fmt.Errorf("message of %d bytes needs %d fragments (max %d)", len(payload), count, MaxFragments)
+	}
+	var id uint16
+	if count > 1 {
+		s.tx.fragID++
+		id = s.tx.fragID
+	}
+	for i := 0; i < count; i++ {
+		chunk := payload[i*chunkMax : min((i+1)*chunkMax, len(payload))]
+		d := s.nextDatagramLocked()
+		PutInner(d[udpDataHeaderLen:], typ, id, uint8(i), uint8(count))
+		k := copy(d[udpDataHeaderLen+InnerHeaderLen:], chunk)
+		s.finishLocked(d, d[udpDataHeaderLen:udpDataHeaderLen+InnerHeaderLen+k])
+	}
+	return nil
+}
+
+// sealLocked encrypts plaintext (inner header + chunk) into the next
+// datagram of the batch.
+func (s *udpSession) sealLocked(plaintext []byte) {
+	s.finishLocked(s.nextDatagramLocked(), plaintext)
+}
+
+// finishLocked writes the outer header into d and seals plaintext (which
+// may already sit in d at the ciphertext's place) behind it.
+func (s *udpSession) finishLocked(d, plaintext []byte) {
+	t := &s.tx
+	d[0] = udpMsgTransport
+	binary.BigEndian.PutUint32(d[1:5], s.remote)
+	binary.BigEndian.PutUint64(d[5:13], t.counter)
+	binary.BigEndian.PutUint64(t.nonce[4:], t.counter)
+	t.counter++
+	out := t.aead.Seal(d[udpDataHeaderLen:udpDataHeaderLen], t.nonce[:], plaintext, d[:udpDataHeaderLen])
+	t.batch.size[t.batch.n] = udpDataHeaderLen + len(out)
+	t.batch.n++
+}
+
+// nextDatagramLocked returns the next free scratch datagram, sending the
+// batch first when it is full.
+func (s *udpSession) nextDatagramLocked() []byte {
+	b := &s.tx.batch
+	if b.bufs == nil {
+		b.bufs = make([][]byte, udpSendBatch)
+		b.size = make([]int, udpSendBatch)
+		for i := range b.bufs {
+			b.bufs[i] = make([]byte, s.m.maxPayload)
+		}
+	}
+	if b.n == len(b.bufs) {
+		s.flushLocked()
+	}
+	return b.bufs[b.n][:s.m.maxPayload]
+}
+
+// flushLocked sends the batch to the peer's current address.
+func (s *udpSession) flushLocked() error {
+	b := &s.tx.batch
+	if b.n == 0 {
+		return nil
+	}
+	b.to = *s.peer.Load()
+	n := b.n
+	err := s.m.io.sendBatch(b)
+	b.n = 0
+	s.m.counters[udpTxDatagrams].Add(uint64(n))
+	if err != nil {
+		if s.m.closed() {
+			return net.ErrClosed
+		}
+		s.m.count(udpSendError)
+		s.m.log.Debug("udp send failed", "to", b.to.String(), "err", err)
+	}
+	return nil
+}
+
+// writeMsg sends one message of any type (control up to maxControl bytes).
+func (s *udpSession) writeMsg(typ byte, payload []byte) error {
+	switch typ {
+	case MsgControl:
+		if len(payload) == 0 || len(payload) > s.m.maxControl {
+			return fmt.Errorf("control message of %d bytes does not fit a UDP link (max %d)", len(payload), s.m.maxControl)
+		}
+	case MsgFrame:
+		if len(payload) < bridge.MinFrame || len(payload) > bridge.MaxFrame {
+			return fmt.Errorf("frame of %d bytes", len(payload))
+		}
+	case MsgPing, MsgPong:
+		if len(payload) != 8 {
+			return fmt.Errorf("keepalive of %d bytes", len(payload))
+		}
+	default:
+		return fmt.Errorf("unknown message type %d", typ)
+	}
+	s.tx.Lock()
+	defer s.tx.Unlock()
+	if s.isClosed() {
+		return net.ErrClosed
+	}
+	if err := s.appendCopyLocked(typ, payload); err != nil {
+		return err
+	}
+	return s.flushLocked()
+}
