@@ -436,6 +436,7 @@ func (m *UDPMux) routineRead() {
 	bufs := make([][]byte, udpReadBatch)
 	sizes := make([]int, udpReadBatch)
 	froms := make([]netip.AddrPort, udpReadBatch)
+	lastErrLog := int64(-1 << 62)
 	for {
 		for i, s := range slots {
 			if s == nil {
@@ -449,7 +450,10 @@ func (m *UDPMux) routineRead() {
 			if m.closed() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			m.log.Warn("udp read failed", "err", err)
+			if now := m.now(); now-lastErrLog > int64(time.Second) { // at most once a second
+				m.log.Warn("udp read failed", "err", err)
+				lastErrLog = now
+			}
 			select {
 			case <-m.done:
 				return
