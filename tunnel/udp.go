@@ -225,7 +225,8 @@ type UDPMux struct {
 	maxControl int  // largest control message
 	rxSize     int  // receive buffer size: datagrams of rxSize-1 bytes at most
 	epoch      time.Time
-	rxPool     sync.Pool
+	rxPool     sync.Pool // *udpBuf of rxSize bytes
+	txPool     sync.Pool // *udpTxBatch
 
 	sessions atomic.Pointer[map[uint32]*udpSession] // copy-on-write under mu
 	handler  atomic.Pointer[func([]byte, netip.AddrPort)]

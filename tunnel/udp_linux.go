@@ -147,17 +147,18 @@ func (u *linuxUDPIO) sendBatch(b *udpTxBatch) error {
 			b.msgs[i].Buffers = make([][]byte, 1)
 		}
 	}
-	if b.toUDP == nil || b.to != b.toCached {
+	d := b.dest
+	if d.ua == nil || d.to != b.to {
 		to, err := udpSockAddr(b.to, u.is6)
 		if err != nil {
 			return err
 		}
-		b.toUDP, b.toCached = net.UDPAddrFromAddrPort(to), b.to
+		d.ua, d.to = net.UDPAddrFromAddrPort(to), b.to
 	}
 	ms := b.msgs[:b.n]
 	for i := range ms {
 		ms[i].Buffers[0] = b.bufs[i][:b.size[i]]
-		ms[i].Addr = b.toUDP
+		ms[i].Addr = d.ua
 	}
 	for len(ms) > 0 {
 		var n int

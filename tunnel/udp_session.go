@@ -51,7 +51,8 @@ type udpSession struct {
 		nonce   [12]byte
 		counter uint64
 		fragID  uint16
-		batch   udpTxBatch
+		dest    udpDest     // the peer's address as the socket wants it
+		batch   *udpTxBatch // from the mux's pool during a write
 	}
 }
 
@@ -73,17 +74,52 @@ func (e *udpMsg) release() {
 	*e = udpMsg{}
 }
 
-// udpTxBatch is a session's scratch of datagrams about to be sent to one
-// address. The io may keep its own per-batch scratch in it (msgs, toUDP).
+// udpTxBatch is scratch for datagrams about to be sent to one address,
+// pooled per mux (so memory follows concurrent writers, not sessions). The
+// io may keep its own scratch in it (msgs).
 type udpTxBatch struct {
 	bufs [][]byte // udpSendBatch buffers of maxPayload bytes
 	size []int
 	n    int
 	to   netip.AddrPort
+	dest *udpDest // the sending session's cache
 
-	msgs     []ipv4.Message
-	toUDP    *net.UDPAddr
-	toCached netip.AddrPort
+	msgs []ipv4.Message
+}
+
+// udpDest caches the socket address of a session's peer (converting one
+// allocates), for the io to fill in.
+type udpDest struct {
+	to netip.AddrPort
+	ua *net.UDPAddr
+}
+
+func (m *UDPMux) getTxBatch() *udpTxBatch {
+	if b, ok := m.txPool.Get().(*udpTxBatch); ok {
+		return b
+	}
+	b := &udpTxBatch{bufs: make([][]byte, udpSendBatch), size: make([]int, udpSendBatch)}
+	for i := range b.bufs {
+		b.bufs[i] = make([]byte, m.maxPayload)
+	}
+	return b
+}
+
+func (m *UDPMux) putTxBatch(b *udpTxBatch) {
+	b.n, b.dest = 0, nil
+	m.txPool.Put(b)
+}
+
+// beginTxLocked and endTxLocked bracket a write: they lend the session a
+// batch from the pool.
+func (s *udpSession) beginTxLocked() {
+	s.tx.batch = s.m.getTxBatch()
+	s.tx.batch.dest = &s.tx.dest
+}
+
+func (s *udpSession) endTxLocked() {
+	s.m.putTxBatch(s.tx.batch)
+	s.tx.batch = nil
 }
 
 func newAEAD(key [32]byte) cipher.AEAD {
@@ -212,7 +248,10 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		return
 	}
 	e := udpMsg{typ: typ}
-	if len(msg) <= bridge.MaxFrame {
+	if len(msg) <= m.rxSize { // a 1514-byte frame: no need for a jumbo buffer
+		e.buf, e.pool = m.getRx(), &m.rxPool
+		e.data = e.buf.b[:copy(e.buf.b, msg)]
+	} else if len(msg) <= bridge.MaxFrame {
 		e.buf, e.pool = udpLargePool.Get().(*udpBuf), &udpLargePool
 		e.data = e.buf.b[:copy(e.buf.b, msg)]
 	} else {
@@ -322,10 +361,15 @@ func (s *udpSession) writeFrames(bufs [][]byte, offset int) error {
 	if s.isClosed() {
 		return net.ErrClosed
 	}
+	s.beginTxLocked()
+	defer s.endTxLocked()
 	for _, b := range bufs {
-		n := len(b) - offset
-		if n > bridge.MaxFrame || n < 0 {
+		switch n := len(b) - offset; {
+		case n > bridge.MaxFrame:
 			s.m.count(udpTooBig)
+			continue
+		case n < bridge.MinFrame:
+			s.m.count(udpBadMessage)
 			continue
 		}
 		if offset < InnerHeaderLen {
@@ -400,21 +444,15 @@ func (s *udpSession) finishLocked(d, plaintext []byte) {
 	binary.BigEndian.PutUint64(t.nonce[4:], t.counter)
 	t.counter++
 	out := t.aead.Seal(d[udpDataHeaderLen:udpDataHeaderLen], t.nonce[:], plaintext, d[:udpDataHeaderLen])
-	t.batch.size[t.batch.n] = udpDataHeaderLen + len(out)
-	t.batch.n++
+	b := t.batch
+	b.size[b.n] = udpDataHeaderLen + len(out)
+	b.n++
 }
 
 // nextDatagramLocked returns the next free scratch datagram, sending the
 // batch first when it is full.
 func (s *udpSession) nextDatagramLocked() []byte {
-	b := &s.tx.batch
-	if b.bufs == nil {
-		b.bufs = make([][]byte, udpSendBatch)
-		b.size = make([]int, udpSendBatch)
-		for i := range b.bufs {
-			b.bufs[i] = make([]byte, s.m.maxPayload)
-		}
-	}
+	b := s.tx.batch
 	if b.n == len(b.bufs) {
 		s.flushLocked()
 	}
@@ -423,7 +461,7 @@ func (s *udpSession) nextDatagramLocked() []byte {
 
 // flushLocked sends the batch to the peer's current address.
 func (s *udpSession) flushLocked() error {
-	b := &s.tx.batch
+	b := s.tx.batch
 	if b.n == 0 {
 		return nil
 	}
@@ -465,6 +503,8 @@ func (s *udpSession) writeMsg(typ byte, payload []byte) error {
 	if s.isClosed() {
 		return net.ErrClosed
 	}
+	s.beginTxLocked()
+	defer s.endTxLocked()
 	if err := s.appendCopyLocked(typ, payload); err != nil {
 		return err
 	}

@@ -895,7 +895,7 @@ type streamResult struct {
 // leave recv < sent. Both links are closed at the end (tx is read
 // meanwhile, so that its keepalives see the peer).
 func streamFrames(tb testing.TB, tx, rx *Link, n, size int, checksum bool) streamResult {
-	const window = 512
+	const window = 256
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go pump(tx, make(chan []byte, 16), &wg)
