@@ -71,6 +71,9 @@ Examples:
 	return nil
 }
 
+// loopbackListen keeps the demo's hosts on loopback.
+var loopbackListen = []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}, {Kind: "udp", Addr: "127.0.0.1:0"}}
+
 type demoVM struct {
 	*netvm.VM
 	host string
@@ -96,13 +99,13 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 		return err
 	}
 	d.proxy, err = appliance.NewProxy(appliance.ProxyConfig{Key: key, API: api, Log: d.log,
-		Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}}})
+		Listen: []tunnel.Endpoint{{Kind: "udp", Addr: "127.0.0.1:0"}, {Kind: "tcp", Addr: "127.0.0.1:0"}}})
 	if err != nil {
 		return err
 	}
-	proxyEP := tunnel.Endpoint{Kind: "tcp", Addr: d.proxy.Addrs()[0]}
+	proxyEP := tunnel.Endpoint{Kind: "udp", Addr: d.proxy.Addrs()[0]}
 	fmt.Fprintf(d.out, "vnet demo: a proxy, %d hosts and %d netstack VMs on loopback\n", nHosts, nHosts*nVMs)
-	fmt.Fprintf(d.out, "  proxy  star links on %s, control API on %s\n", proxyEP.Addr, d.proxy.APIAddr())
+	fmt.Fprintf(d.out, "  proxy  star links on %s, control API on %s\n", strings.Join(d.proxy.Addrs(), " "), d.proxy.APIAddr())
 	for h := 1; h <= nHosts; h++ {
 		name := fmt.Sprintf("h%d", h)
 		var ports []appliance.LocalPort
@@ -125,7 +128,7 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 			desc = append(desc, fmt.Sprintf("%s (%s)", vm.Addr(), vm.MAC()))
 		}
 		host, err := appliance.NewHost(appliance.HostConfig{Name: name, Proxies: []tunnel.Endpoint{proxyEP}, Key: key,
-			Listen: tunnel.Endpoint{Kind: "tcp", Addr: "127.0.0.1:0"}, Ports: ports, Log: d.log})
+			Listen: loopbackListen, Ports: ports, Log: d.log})
 		if err != nil {
 			return err
 		}

@@ -15,9 +15,12 @@ import (
 func runHost(ctx context.Context, args []string) error {
 	fs := newFlags("host", "--name NAME --proxy URL --key-file FILE [ports] [flags]", `
 Run a host daemon where VMs run. It dials the proxy (outbound only, so it
-passes NAT and firewalls that allow outbound TCP), re-dials forever with
-backoff when the link breaks, attaches the VMs' ports to its switch, and opens
-fast-path links to other hosts when the proxy asks (vnet ctl link add).
+passes NAT and firewalls that allow outbound traffic), trying the --proxy URLs
+in order (tcp://, udp:// or quic://) and re-dialing forever with backoff when
+the link breaks; it attaches the VMs' ports to its switch, learns its NAT
+mapping with STUN, and opens fast-path links to other hosts when the proxy
+asks (vnet ctl link add): over UDP, punching through NATs where needed, else
+TCP, else relayed through the proxy.
 
 VM ports (each repeatable):
   --tap NAME            create TAP device NAME (needs root or CAP_NET_ADMIN);
@@ -33,9 +36,13 @@ Examples:
   sudo vnet host --name h1 --proxy tcp://203.0.113.5:5000 --key-file net.key --tap vm0
   vnet host --name h2 --proxy tcp://203.0.113.5:5000 --key-file net.key --qemu-socket /tmp/vm1.sock`)
 	name := fs.String("name", "", "this host's name, unique in the network (required)")
-	proxies := fs.StringArray("proxy", nil, "the proxy's address as tcp://HOST:PORT (repeatable: tried in order)")
+	proxies := fs.StringArray("proxy", nil, "the proxy as tcp://HOST:PORT, udp://HOST:PORT or quic://HOST:PORT\n"+
+		"(repeatable: tried in order, the first that works is used)")
 	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
-	listen := fs.String("listen", "tcp://:0", "where other hosts connect for fast paths (default: any free port)")
+	listen := fs.StringArray("listen", []string{"tcp://:0", "udp://:0"},
+		"where other hosts connect for fast paths: at most one tcp:// and one udp:// (the UDP socket also\n"+
+			"carries udp:// star links, STUN and hole punching); port 0 picks a free port")
+	stun := fs.StringArray("stun", nil, "an extra STUN server HOST:PORT (repeatable); the proxy's own are always used")
 	api := fs.String("api", "", "control API address for a local view (loopback only), e.g. 127.0.0.1:7778")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it")
 	qemuSockets := fs.StringArray("qemu-socket", nil, "listen on unix socket PATH for a QEMU stream netdev")
@@ -62,7 +69,7 @@ Examples:
 	if err != nil {
 		return err
 	}
-	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, Log: log}
+	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log}
 	for _, p := range *proxies {
 		ep, err := tunnel.ParseEndpoint(p)
 		if err != nil {
@@ -70,8 +77,12 @@ Examples:
 		}
 		cfg.Proxies = append(cfg.Proxies, ep)
 	}
-	if cfg.Listen, err = tunnel.ParseEndpoint(*listen); err != nil {
-		return usageErr("--listen: %v", err)
+	for _, l := range *listen {
+		ep, err := tunnel.ParseEndpoint(l)
+		if err != nil {
+			return usageErr("--listen: %v", err)
+		}
+		cfg.Listen = append(cfg.Listen, ep)
 	}
 	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, log)
 	if err != nil {

@@ -19,9 +19,11 @@ needs no root unless it attaches a TAP device.
 
 Examples:
   vnet proxy --key-file net.key
-  vnet proxy --key-file net.key --listen tcp://:443 --state-dir /var/lib/vnet
+  vnet proxy --key-file net.key --listen tcp://:443 --listen udp://:5000 --state-dir /var/lib/vnet
   sudo vnet proxy --key-file net.key --tap vnet0    # bridge the overlay to a TAP device here`)
-	listen := fs.StringArray("listen", []string{"tcp://:5000"}, "where hosts connect (repeatable), as tcp://[ADDR]:PORT")
+	listen := fs.StringArray("listen", []string{"tcp://:5000", "udp://:5000", "quic://:5001"},
+		"where hosts connect (repeatable): tcp://[ADDR]:PORT, udp://... (also answers STUN, with a\n"+
+			"second STUN port next to it) or quic://...")
 	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
 	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only); empty to disable")
 	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")

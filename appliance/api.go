@@ -124,7 +124,7 @@ func (h *Host) routes() *http.ServeMux {
 		star := h.mu.star
 		h.mu.Unlock()
 		st := Status{Role: "host", Name: h.cfg.Name, Version: Version, UptimeS: int64(time.Since(h.start).Seconds()),
-			Listen: []string{h.ln.Addr().String()}, Proxy: h.cfg.Proxies[0].String(), ProxyState: "down",
+			Listen: h.listenAddrs(), Proxy: h.cfg.Proxies[0].String(), ProxyState: "down",
 			MACs: len(h.sw.MACs()), Ports: portInfos(h.sw)}
 		if star != nil {
 			st.ProxyState, st.Proxy = "up", star.RemoteAddr().String()

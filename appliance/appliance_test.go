@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -28,6 +29,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+var loopback = []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}, {Kind: "udp", Addr: "127.0.0.1:0"}}
+
 type testVM struct {
 	*netvm.VM
 	host string
@@ -37,6 +40,7 @@ type testVM struct {
 type testNet struct {
 	t       *testing.T
 	key     tunnel.Key
+	kind    string
 	proxy   *Proxy
 	proxyEP tunnel.Endpoint
 	hosts   map[string]*Host
@@ -46,10 +50,15 @@ type testNet struct {
 // newTestNet starts a proxy and nHosts hosts with vmsPer netstack VMs each,
 // all on loopback, and waits until every host is up.
 func newTestNet(t *testing.T, nHosts, vmsPer int) *testNet {
+	return newTestNetKind(t, "tcp", nHosts, vmsPer)
+}
+
+// newTestNetKind is newTestNet with star links of the given kind.
+func newTestNetKind(t *testing.T, kind string, nHosts, vmsPer int) *testNet {
 	t.Helper()
 	key, _ := tunnel.GenerateKey()
-	n := &testNet{t: t, key: key, hosts: map[string]*Host{}}
-	n.startProxy("127.0.0.1:0")
+	n := &testNet{t: t, key: key, kind: kind, hosts: map[string]*Host{}}
+	n.startProxy(nil)
 	for h := 1; h <= nHosts; h++ {
 		name := fmt.Sprintf("h%d", h)
 		var ports []LocalPort
@@ -70,7 +79,7 @@ func newTestNet(t *testing.T, nHosts, vmsPer int) *testNet {
 			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm})
 		}
 		host, err := NewHost(HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: key,
-			Listen: tunnel.Endpoint{Kind: "tcp", Addr: "127.0.0.1:0"}, Ports: ports})
+			Listen: loopback, Ports: ports})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,14 +98,25 @@ func newTestNet(t *testing.T, nHosts, vmsPer int) *testNet {
 	return n
 }
 
-func (n *testNet) startProxy(addr string) {
+// startProxy starts a proxy listening on tcp, udp and quic, on the given
+// addresses (nil: any free ports on loopback).
+func (n *testNet) startProxy(addrs []string) {
 	n.t.Helper()
-	p, err := NewProxy(ProxyConfig{Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: addr}}, Key: n.key})
+	kinds := []string{"tcp", "udp", "quic"}
+	var eps []tunnel.Endpoint
+	for i, k := range kinds {
+		a := "127.0.0.1:0"
+		if addrs != nil {
+			a = addrs[i]
+		}
+		eps = append(eps, tunnel.Endpoint{Kind: k, Addr: a})
+	}
+	p, err := NewProxy(ProxyConfig{Listen: eps, Key: n.key})
 	if err != nil {
 		n.t.Fatal(err)
 	}
 	n.proxy = p
-	n.proxyEP = tunnel.Endpoint{Kind: "tcp", Addr: p.Addrs()[0]}
+	n.proxyEP = tunnel.Endpoint{Kind: n.kind, Addr: p.Addrs()[slices.Index(kinds, n.kind)]}
 }
 
 func (n *testNet) waitFor(what string, d time.Duration, ok func() bool) {
@@ -209,7 +229,13 @@ func (n *testNet) route(a, b *testVM) string {
 }
 
 func TestStarFastPathAndProxyRestart(t *testing.T) {
-	n := newTestNet(t, 3, 2)
+	for _, kind := range []string{"tcp", "udp", "quic"} {
+		t.Run(kind, func(t *testing.T) { testStarFastPathAndProxyRestart(t, kind) })
+	}
+}
+
+func testStarFastPathAndProxyRestart(t *testing.T, kind string) {
+	n := newTestNetKind(t, kind, 3, 2)
 	n.allPairs(64 << 10)
 
 	a, b := n.vms[0], n.vms[2] // h1/vm1, h2/vm1
@@ -260,12 +286,13 @@ func TestStarFastPathAndProxyRestart(t *testing.T) {
 	if _, err := n.proxy.delLink("h1", "h2"); err != nil {
 		t.Fatal(err)
 	}
-	n.waitFor("route back on the star", 5*time.Second, func() bool {
+	n.waitFor("route back on the star", 10*time.Second, func() bool {
+		// Traffic makes the switches learn where the MACs are again.
+		if err := exchange(a, b, 16<<10); err != nil {
+			t.Fatal(err)
+		}
 		return n.route(a, b) == "h1:link:star-h1 proxy:link:star-h2 h2:port:vm1 delivered=true"
 	})
-	if err := exchange(a, b, 256<<10); err != nil {
-		t.Fatal(err)
-	}
 
 	// A rule, then the proxy dies and comes back on the same address: hosts
 	// rejoin by themselves and the rule and a fast link are adopted from them.
@@ -276,10 +303,10 @@ func TestStarFastPathAndProxyRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.waitFor("fast link h2-h3 up", 10*time.Second, func() bool { return n.linkInfo("h2-h3").State == "up" })
-	addr := n.proxyEP.Addr
+	addrs := n.proxy.Addrs()
 	n.proxy.Close()
 	start := time.Now()
-	n.startProxy(addr)
+	n.startProxy(addrs)
 	n.waitHostsUp(3)
 	t.Logf("hosts rejoined %v after the proxy restarted", time.Since(start).Round(time.Millisecond))
 	n.allPairs(32 << 10)
@@ -304,7 +331,7 @@ func TestWrongKeyRefused(t *testing.T) {
 	n := newTestNet(t, 1, 1)
 	other, _ := tunnel.GenerateKey()
 	h, err := NewHost(HostConfig{Name: "intruder", Proxies: []tunnel.Endpoint{n.proxyEP}, Key: other,
-		Listen: tunnel.Endpoint{Kind: "tcp", Addr: "127.0.0.1:0"}})
+		Listen: loopback})
 	if err != nil {
 		t.Fatal(err)
 	}

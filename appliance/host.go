@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
 	"vnet/bridge"
+	"vnet/nat"
 	"vnet/tunnel"
 )
 
@@ -27,6 +30,15 @@ var (
 	FastBackoffMin, FastBackoffMax = 100 * time.Millisecond, 5 * time.Second
 	// FastDialTimeout bounds one attempt at one candidate address.
 	FastDialTimeout = 3 * time.Second
+	// PunchTimeout bounds one hole-punching attempt (both ends send at once).
+	PunchTimeout = 5 * time.Second
+	// RelayAfter is how many failed attempts turn a fast path into a
+	// relayed one (its traffic stays on the star); it is retried every
+	// RelayRetry.
+	RelayAfter = 2
+	RelayRetry = 10 * time.Second
+	// STUNInterval is how often a host re-learns its NAT mapping.
+	STUNInterval = time.Minute
 )
 
 // HostConfig configures a host daemon.
@@ -34,21 +46,25 @@ type HostConfig struct {
 	Name    string            // unique in the network; required
 	Proxies []tunnel.Endpoint // tried in order; at least one
 	Key     tunnel.Key
-	Listen  tunnel.Endpoint // for fast links from other hosts; zero: tcp://:0
-	API     string          // control API address; "" for none
-	Ports   []LocalPort     // VM-facing ports to attach
+	Listen  []tunnel.Endpoint // for fast links from other hosts (tcp, udp); none: tcp://:0 and udp://:0
+	STUN    []string          // extra STUN servers (host:port) besides the proxy's
+	API     string            // control API address; "" for none
+	Ports   []LocalPort       // VM-facing ports to attach
 	Log     *slog.Logger
 }
 
 // Host is a running host daemon.
 type Host struct {
-	cfg   HostConfig
-	log   *slog.Logger
-	sw    *bridge.Switch
-	creds *tunnel.Credentials
-	ln    *tunnel.Listener
-	api   *apiServer
-	start time.Time
+	cfg      HostConfig
+	log      *slog.Logger
+	sw       *bridge.Switch
+	creds    *tunnel.Credentials
+	ln       *tunnel.Listener // TCP fast links; nil without a tcp listener
+	mux      *tunnel.UDPMux   // UDP: star, STUN and punched fast links; nil without a udp listener
+	stunc    *nat.Client
+	kickSTUN chan struct{}
+	api      *apiServer
+	start    time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -64,6 +80,10 @@ type Host struct {
 		dialers   map[string]func()       // cancel funcs of running dialers
 		fast      map[string]*tunnel.Link // fast links that are up
 		fastErr   map[string]string
+		via       map[string]string // how each fast link was made: direct, punched, relayed
+		fails     map[string]int    // consecutive failed attempts per fast link
+		stunPorts []uint16
+		nat       nat.Result
 		announced string // JSON of the MACs last announced on fast links
 		sent      []byte // last status sent
 		sentAt    time.Time
@@ -79,8 +99,8 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	if len(cfg.Proxies) == 0 {
 		return nil, errors.New("no proxy given (--proxy tcp://HOST:5000)")
 	}
-	if cfg.Listen.Kind == "" {
-		cfg.Listen = tunnel.Endpoint{Kind: "tcp", Addr: ":0"}
+	if len(cfg.Listen) == 0 {
+		cfg.Listen = []tunnel.Endpoint{{Kind: "tcp", Addr: ":0"}, {Kind: "udp", Addr: ":0"}}
 	}
 	log := discardIfNil(cfg.Log).With("host", cfg.Name)
 	h := &Host{cfg: cfg, log: log, start: time.Now()}
@@ -88,6 +108,9 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	h.mu.dialers = map[string]func(){}
 	h.mu.fast = map[string]*tunnel.Link{}
 	h.mu.fastErr = map[string]string{}
+	h.mu.via = map[string]string{}
+	h.mu.fails = map[string]int{}
+	h.kickSTUN = make(chan struct{}, 1)
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	cleanup := []func(){h.cancel}
 	defer func() {
@@ -107,20 +130,38 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 			return nil, fmt.Errorf("port %s: %w", p.Name, err)
 		}
 	}
-	if h.ln, err = tunnel.Listen(cfg.Listen, h.creds, log); err != nil {
-		return nil, fmt.Errorf("fast-link listener: %w", err)
+	for _, ep := range cfg.Listen {
+		switch {
+		case ep.Kind == "tcp" && h.ln == nil:
+			if h.ln, err = tunnel.Listen(ep, h.creds, log); err != nil {
+				return nil, fmt.Errorf("fast-link listener: %w", err)
+			}
+			cleanup = append(cleanup, func() { h.ln.Close() })
+		case ep.Kind == "udp" && h.mux == nil:
+			if h.mux, err = tunnel.ListenUDP(ep.Addr, cfg.Key, log); err != nil {
+				return nil, fmt.Errorf("--listen %s: %w", ep, err)
+			}
+			cleanup = append(cleanup, func() { h.mux.Close() })
+			h.stunc = nat.NewClient(h.mux.WriteTo)
+			h.mux.SetPacketHandler(func(b []byte, from netip.AddrPort) { h.stunc.Handle(b, from) })
+		default:
+			return nil, fmt.Errorf("--listen %s: a host listens on at most one tcp:// and one udp:// endpoint", ep)
+		}
 	}
-	cleanup = append(cleanup, func() { h.ln.Close() })
 	if cfg.API != "" {
 		if h.api, err = startAPI(cfg.API, h.routes(), log); err != nil {
 			return nil, err
 		}
 	}
-	log.Info("host started", "listen", h.ln.Addr().String(), "api", cfg.API, "ports", len(cfg.Ports))
+	log.Info("host started", "listen", h.listenAddrs(), "api", cfg.API, "ports", len(cfg.Ports))
 	h.wg.Add(3)
 	go h.routineStar()
-	go h.routineAccept()
 	go h.routineStatus()
+	go h.routineSTUN()
+	for _, a := range h.acceptors() {
+		h.wg.Add(1)
+		go h.routineAccept(a)
+	}
 	return h, nil
 }
 
@@ -141,7 +182,9 @@ func (h *Host) Close() {
 	if h.api != nil {
 		h.api.close()
 	}
-	h.ln.Close()
+	for _, a := range h.acceptors() {
+		a.Close()
+	}
 	h.mu.Lock()
 	for _, l := range h.mu.fast {
 		l.Close()
@@ -165,7 +208,7 @@ func (h *Host) routineStar() {
 		var link *tunnel.Link
 		var errs []error
 		for _, ep := range h.cfg.Proxies {
-			l, err := tunnel.Dial(h.ctx, ep, h.creds, hello, h.log, h.onStarControl)
+			l, err := h.dialProxy(ep, hello)
 			if err == nil {
 				link = l
 				break
@@ -291,6 +334,10 @@ func (h *Host) applyConfig(c hostConfig) {
 	}
 	var drop []*tunnel.Link
 	h.mu.Lock()
+	if !slices.Equal(h.mu.stunPorts, c.STUNPorts) {
+		h.mu.stunPorts = c.STUNPorts
+		h.triggerSTUN()
+	}
 	for name := range h.mu.desired {
 		if _, ok := want[name]; ok {
 			continue
@@ -303,6 +350,8 @@ func (h *Host) applyConfig(c hostConfig) {
 			drop = append(drop, l)
 		}
 		delete(h.mu.fastErr, name)
+		delete(h.mu.via, name)
+		delete(h.mu.fails, name)
 		h.log.Info("fast link removed", "link", name)
 	}
 	for name, fl := range want {
@@ -314,6 +363,12 @@ func (h *Host) applyConfig(c hostConfig) {
 			h.mu.dialers[name] = cancel
 			h.wg.Add(1)
 			go h.routineDialFast(ctx, name)
+		}
+		// The accepting end of a UDP link opens its NAT towards the dialer
+		// while the dialer tries (the config is re-sent every few seconds
+		// while the link is down, so this repeats).
+		if !fl.Dial && fl.Kind == "udp" && h.mux != nil && h.mu.fast[name] == nil && len(fl.Punch) > 0 {
+			h.mux.Punch(parseAddrPorts(fl.Punch), PunchTimeout)
 		}
 	}
 	h.mu.desired = want
@@ -332,7 +387,9 @@ func (h *Host) desiredLink(name string) (fastLink, bool) {
 }
 
 // routineDialFast keeps the fast link name up while it is desired and this
-// host is its dialing end.
+// host is its dialing end: UDP with hole punching first, then TCP; after
+// RelayAfter failed rounds the link is reported relayed (its traffic stays
+// on the star) and retried every RelayRetry.
 func (h *Host) routineDialFast(ctx context.Context, name string) {
 	defer h.wg.Done()
 	bo := tunnel.Backoff{Min: FastBackoffMin, Max: FastBackoffMax}
@@ -341,33 +398,37 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 		if !ok || !fl.Dial {
 			return
 		}
-		hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: name}
-		var link *tunnel.Link
-		var errs []error
-		for _, addr := range fl.Addrs {
-			dctx, cancel := context.WithTimeout(ctx, FastDialTimeout)
-			l, err := tunnel.Dial(dctx, tunnel.Endpoint{Kind: "tcp", Addr: addr}, h.creds, hello, h.log, h.onFastControl)
-			cancel()
-			if err == nil {
-				link = l
-				break
-			}
-			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-		}
+		start := time.Now()
+		link, via, err := h.dialFast(ctx, fl)
 		if link == nil {
-			err := errors.Join(errs...)
-			if len(fl.Addrs) == 0 {
-				err = fmt.Errorf("no address known for %s yet", fl.Peer)
-			}
 			h.mu.Lock()
+			h.mu.fails[name]++
+			fails := h.mu.fails[name]
 			h.mu.fastErr[name] = errString(err)
+			if fails >= RelayAfter {
+				if h.mu.via[name] != "relayed" {
+					h.log.Warn("fast link unreachable; relayed through the proxy (the star) and retried later",
+						"link", name, "err", err)
+				}
+				h.mu.via[name] = "relayed"
+			}
 			h.mu.Unlock()
 			if ctx.Err() == nil {
-				h.log.Debug("fast link dial failed", "link", name, "err", err)
+				h.log.Debug("fast link attempt failed", "link", name, "err", err)
 			}
-			h.sleepCtx(ctx, bo.Next())
+			if fails >= RelayAfter {
+				h.sleepCtx(ctx, RelayRetry)
+			} else {
+				h.sleepCtx(ctx, bo.Next())
+			}
 			continue
 		}
+		h.mu.Lock()
+		h.mu.fails[name] = 0
+		h.mu.via[name] = via
+		h.mu.Unlock()
+		h.log.Info("fast link made", "link", name, "kind", link.Kind(), "via", via,
+			"took", time.Since(start).Round(time.Millisecond))
 		up := time.Now()
 		h.runFast(name, link)
 		if time.Since(up) > 10*time.Second {
@@ -375,6 +436,202 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 		}
 		h.sleepCtx(ctx, bo.Next())
 	}
+}
+
+// dialFast tries once to open fl: over UDP to the peer's candidates (all at
+// once, so a NAT mapping opened by the peer's punches lets us in), then over
+// TCP. It says how the link was made.
+func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, string, error) {
+	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: fl.Name}
+	var errs []error
+	if fl.Kind == "udp" && h.mux != nil && len(fl.Addrs) > 0 {
+		dctx, cancel := context.WithTimeout(ctx, PunchTimeout)
+		l, err := h.mux.Dial(dctx, parseAddrPorts(fl.Addrs), hello, h.log, h.onFastControl)
+		cancel()
+		if err == nil {
+			via := "direct"
+			if r := addrString(l.RemoteAddr()); slices.Contains(fl.Reflexive, r) || h.behindNAT() {
+				via = "punched"
+			}
+			return l, via, nil
+		}
+		errs = append(errs, fmt.Errorf("udp: %w", err))
+	}
+	tcp := fl.TCPAddrs
+	if fl.Kind != "udp" {
+		tcp = fl.Addrs
+	}
+	for _, addr := range tcp {
+		dctx, cancel := context.WithTimeout(ctx, FastDialTimeout)
+		l, err := tunnel.Dial(dctx, tunnel.Endpoint{Kind: "tcp", Addr: addr}, h.creds, hello, h.log, h.onFastControl)
+		cancel()
+		if err == nil {
+			return l, "direct", nil
+		}
+		errs = append(errs, fmt.Errorf("tcp %s: %w", addr, err))
+	}
+	if len(errs) == 0 {
+		return nil, "", fmt.Errorf("no address known for %s yet", fl.Peer)
+	}
+	return nil, "", errors.Join(errs...)
+}
+
+// behindNAT reports whether STUN showed this host's UDP socket mapped by a NAT.
+func (h *Host) behindNAT() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.behindNATLocked()
+}
+
+func (h *Host) behindNATLocked() bool {
+	m := h.mu.nat.Mapping
+	return m != "" && m != nat.MappingNone && m != nat.MappingUnknown
+}
+
+func parseAddrPorts(ss []string) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, s := range ss {
+		if ap, err := netip.ParseAddrPort(s); err == nil {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	}
+	return a.String()
+}
+
+// dialProxy opens the star link over ep's kind. UDP star links leave from
+// the host's one UDP socket, the same that STUN and fast links use.
+func (h *Host) dialProxy(ep tunnel.Endpoint, hello tunnel.Hello) (*tunnel.Link, error) {
+	switch ep.Kind {
+	case "tcp":
+		return tunnel.Dial(h.ctx, ep, h.creds, hello, h.log, h.onStarControl)
+	case "quic":
+		return tunnel.DialQUIC(h.ctx, ep.Addr, h.creds, hello, h.log, h.onStarControl)
+	case "udp":
+		if h.mux == nil {
+			return nil, errors.New("no udp:// --listen endpoint to dial from")
+		}
+		ua, err := net.ResolveUDPAddr("udp", ep.Addr)
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(h.ctx, tunnel.HandshakeTimeout)
+		defer cancel()
+		return h.mux.Dial(ctx, []netip.AddrPort{ua.AddrPort()}, hello, h.log, h.onStarControl)
+	}
+	return nil, fmt.Errorf("unknown link kind %q", ep.Kind)
+}
+
+// acceptors are the host's listeners for fast links.
+func (h *Host) acceptors() []tunnel.Acceptor {
+	var out []tunnel.Acceptor
+	if h.ln != nil {
+		out = append(out, h.ln)
+	}
+	if h.mux != nil {
+		out = append(out, h.mux)
+	}
+	return out
+}
+
+func (h *Host) listenAddrs() []string {
+	var out []string
+	for _, a := range h.acceptors() {
+		out = append(out, a.Addr().Network()+"://"+a.Addr().String())
+	}
+	return out
+}
+
+func (h *Host) triggerSTUN() {
+	select {
+	case h.kickSTUN <- struct{}{}:
+	default:
+	}
+}
+
+// routineSTUN learns the UDP socket's reflexive addresses and NAT mapping
+// from the proxy's two STUN ports (and --stun servers), when the proxy
+// tells us its ports and every STUNInterval after.
+func (h *Host) routineSTUN() {
+	defer h.wg.Done()
+	if h.mux == nil {
+		return
+	}
+	t := time.NewTicker(STUNInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-h.kickSTUN:
+		case <-t.C:
+		}
+		servers := h.stunServers()
+		if len(servers) == 0 {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(h.ctx, 3*time.Second)
+		res, err := h.stunc.ProbeLocal(ctx, servers, h.localUDP())
+		cancel()
+		if err != nil {
+			h.log.Info("STUN: no answer", "servers", servers, "err", err)
+			continue
+		}
+		h.mu.Lock()
+		changed := h.mu.nat.Mapping != res.Mapping || !slices.Equal(h.mu.nat.Reflexive, res.Reflexive)
+		h.mu.nat = res
+		h.mu.Unlock()
+		if changed {
+			h.log.Info("NAT learned", "mapping", res.Mapping, "reflexive", res.Reflexive)
+			h.kickStatus()
+		}
+	}
+}
+
+// stunServers are the proxy's STUN ports on the address we reach it at,
+// then the --stun servers.
+func (h *Host) stunServers() []netip.AddrPort {
+	h.mu.Lock()
+	star, ports := h.mu.star, h.mu.stunPorts
+	h.mu.Unlock()
+	var out []netip.AddrPort
+	if star != nil {
+		if ip := addrIP(star.RemoteAddr()); ip.IsValid() {
+			for _, p := range ports {
+				out = append(out, netip.AddrPortFrom(ip, p))
+			}
+		}
+	}
+	for _, s := range h.cfg.STUN {
+		if ua, err := net.ResolveUDPAddr("udp", s); err == nil {
+			out = append(out, ua.AddrPort())
+		}
+	}
+	return out
+}
+
+// localUDP lists the UDP socket's local candidate addresses.
+func (h *Host) localUDP() []netip.AddrPort {
+	if h.mux == nil {
+		return nil
+	}
+	h.mu.Lock()
+	star := h.mu.star
+	h.mu.Unlock()
+	var extra []netip.Addr
+	if star != nil {
+		extra = append(extra, addrIP(star.LocalAddr()))
+	}
+	return parseAddrPorts(candidateAddrs(h.mux.Addr(), extra...))
 }
 
 func (h *Host) sleepCtx(ctx context.Context, d time.Duration) {
@@ -387,11 +644,11 @@ func (h *Host) sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 // routineAccept takes fast links dialed by other hosts.
-func (h *Host) routineAccept() {
+func (h *Host) routineAccept(ln tunnel.Acceptor) {
 	defer h.wg.Done()
 	me := tunnel.Hello{Name: h.cfg.Name, Role: "host"}
 	for {
-		in, err := h.ln.Accept(h.ctx)
+		in, err := ln.Accept(h.ctx)
 		if err != nil {
 			return
 		}
@@ -411,6 +668,12 @@ func (h *Host) routineAccept() {
 		if err != nil {
 			continue
 		}
+		h.mu.Lock()
+		h.mu.via[fl.Name], h.mu.fails[fl.Name] = "direct", 0
+		if h.behindNATLocked() {
+			h.mu.via[fl.Name] = "punched"
+		}
+		h.mu.Unlock()
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
@@ -522,11 +785,22 @@ func (h *Host) status() hostStatus {
 	h.mu.Lock()
 	star := h.mu.star
 	h.mu.Unlock()
-	if star != nil {
-		st.Listen = candidateAddrs(h.ln.Addr(), addrIP(star.LocalAddr()))
-	} else {
-		st.Listen = candidateAddrs(h.ln.Addr())
+	if h.ln != nil {
+		if star != nil {
+			st.Listen = candidateAddrs(h.ln.Addr(), addrIP(star.LocalAddr()))
+		} else {
+			st.Listen = candidateAddrs(h.ln.Addr())
+		}
 	}
+	for _, ap := range h.localUDP() {
+		st.UDP = append(st.UDP, ap.String())
+	}
+	h.mu.Lock()
+	for _, ap := range h.mu.nat.Reflexive {
+		st.Reflexive = append(st.Reflexive, ap.String())
+	}
+	st.NAT = string(h.mu.nat.Mapping)
+	h.mu.Unlock()
 	st.Links = h.fastLinkInfos()
 	return st
 }
@@ -538,10 +812,13 @@ func (h *Host) fastLinkInfos() []LinkInfo {
 	for _, name := range sortedKeys(h.mu.desired) {
 		fl := h.mu.desired[name]
 		a, b := min(h.cfg.Name, fl.Peer), max(h.cfg.Name, fl.Peer)
-		li := LinkInfo{Name: name, A: a, B: b, Kind: "tcp", Role: "fast", Via: "direct", State: "down",
+		li := LinkInfo{Name: name, A: a, B: b, Kind: fl.Kind, Role: "fast", Via: h.mu.via[name], State: "down",
 			Error: h.mu.fastErr[name]}
 		if l := h.mu.fast[name]; l != nil {
-			li.State, li.RTTus, li.TxBytes, li.RxBytes = "up", l.RTT().Microseconds(), l.TxBytes(), l.RxBytes()
+			li.State, li.Kind, li.Error = "up", l.Kind(), ""
+			li.RTTus, li.TxBytes, li.RxBytes = l.RTT().Microseconds(), l.TxBytes(), l.RxBytes()
+		} else if li.Via == "relayed" {
+			li.State = "up" // its traffic flows through the proxy, over the star
 		}
 		out = append(out, li)
 	}
@@ -591,10 +868,11 @@ func (h *Host) hostLinks() []LinkInfo {
 	h.mu.Lock()
 	star, starErr := h.mu.star, h.mu.starErr
 	h.mu.Unlock()
-	li := LinkInfo{Name: StarLinkName(h.cfg.Name), A: "proxy", B: h.cfg.Name, Kind: "tcp", Role: "star", Via: "direct",
-		State: "down", Error: starErr}
+	li := LinkInfo{Name: StarLinkName(h.cfg.Name), A: "proxy", B: h.cfg.Name, Kind: h.cfg.Proxies[0].Kind, Role: "star",
+		Via: "direct", State: "down", Error: starErr}
 	if star != nil {
-		li.State, li.RTTus, li.TxBytes, li.RxBytes = "up", star.RTT().Microseconds(), star.TxBytes(), star.RxBytes()
+		li.State, li.Kind = "up", star.Kind()
+		li.RTTus, li.TxBytes, li.RxBytes = star.RTT().Microseconds(), star.TxBytes(), star.RxBytes()
 	}
 	return slices.Concat([]LinkInfo{li}, h.fastLinkInfos())
 }

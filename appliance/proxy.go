@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sort"
 	"sync"
 	"time"
 
 	"vnet/bridge"
+	"vnet/nat"
 	"vnet/topo"
 	"vnet/tunnel"
 )
@@ -31,13 +34,15 @@ type ProxyConfig struct {
 
 // Proxy is the running hub of the star and the authority on desired state.
 type Proxy struct {
-	cfg   ProxyConfig
-	log   *slog.Logger
-	sw    *bridge.Switch
-	creds *tunnel.Credentials
-	lns   []*tunnel.Listener
-	api   *apiServer
-	start time.Time
+	cfg       ProxyConfig
+	log       *slog.Logger
+	sw        *bridge.Switch
+	creds     *tunnel.Credentials
+	lns       []tunnel.Acceptor
+	stun      nat.Server
+	stunPorts []uint16 // where the proxy answers STUN: its UDP link port, then a second port
+	api       *apiServer
+	start     time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -61,8 +66,10 @@ type hostRec struct {
 	addr     netip.Addr   // the host's address as the proxy sees it
 	status   hostStatus
 	lastSeen time.Time
+	kind     string // its star link's kind
 	adopted  bool   // its reported links and rules were considered
 	sent     []byte // last config sent
+	sentAt   time.Time
 }
 
 // NewProxy validates cfg, restores state, opens the listeners and the API
@@ -101,7 +108,7 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 		p.restoreState()
 	}
 	for _, ep := range cfg.Listen {
-		ln, err := tunnel.Listen(ep, p.creds, log)
+		ln, err := p.listen(ep)
 		if err != nil {
 			return nil, err
 		}
@@ -165,7 +172,88 @@ func (p *Proxy) Close() {
 	p.log.Info("proxy stopped")
 }
 
-func (p *Proxy) routineAccept(ln *tunnel.Listener) {
+// listen opens a listener of ep's kind. The first UDP listener also answers
+// STUN, and a second UDP socket next to it answers STUN too, so that hosts
+// can tell how their NAT maps (one server cannot show that).
+func (p *Proxy) listen(ep tunnel.Endpoint) (tunnel.Acceptor, error) {
+	switch ep.Kind {
+	case "tcp":
+		return tunnel.Listen(ep, p.creds, p.log)
+	case "quic":
+		return tunnel.ListenQUIC(ep.Addr, p.creds, p.log)
+	case "udp":
+		mux, err := tunnel.ListenUDP(ep.Addr, p.cfg.Key, p.log)
+		if err != nil {
+			return nil, fmt.Errorf("listening on %s: %w", ep, err)
+		}
+		if len(p.stunPorts) > 0 {
+			return mux, nil
+		}
+		mux.SetPacketHandler(func(b []byte, from netip.AddrPort) {
+			if resp, ok := p.stun.Handle(b, from); ok {
+				mux.WriteTo(resp, from)
+			}
+		})
+		alt, err := p.listenSTUN(mux.Addr())
+		if err != nil {
+			mux.Close()
+			return nil, err
+		}
+		p.stunPorts = []uint16{addrPort(mux.Addr()), addrPort(alt.LocalAddr())}
+		return &closeBoth{Acceptor: mux, also: alt}, nil
+	}
+	return nil, fmt.Errorf("unknown link kind %q", ep.Kind)
+}
+
+// listenSTUN opens the second STUN socket on the same address as primary,
+// any port, and answers binding requests on it until it is closed.
+func (p *Proxy) listenSTUN(primary net.Addr) (*net.UDPConn, error) {
+	ua, _ := primary.(*net.UDPAddr)
+	laddr := &net.UDPAddr{}
+	if ua != nil {
+		laddr.IP = ua.IP
+	}
+	c, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return nil, fmt.Errorf("second STUN port: %w", err)
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if resp, ok := p.stun.Handle(buf[:n], from); ok {
+				c.WriteToUDPAddrPort(resp, from)
+			}
+		}
+	}()
+	return c, nil
+}
+
+// closeBoth is an acceptor that closes a second resource with itself.
+type closeBoth struct {
+	tunnel.Acceptor
+	also io.Closer
+}
+
+func (c *closeBoth) Close() error {
+	c.also.Close()
+	return c.Acceptor.Close()
+}
+
+func addrPort(a net.Addr) uint16 {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return 0
+	}
+	return ap.Port()
+}
+
+func (p *Proxy) routineAccept(ln tunnel.Acceptor) {
 	defer p.wg.Done()
 	me := tunnel.Hello{Name: "proxy", Role: "proxy"}
 	for {
@@ -204,7 +292,7 @@ func (p *Proxy) runHost(name string, link *tunnel.Link) {
 		p.mu.hosts[name] = rec
 	}
 	old := rec.link
-	rec.link, rec.addr, rec.lastSeen, rec.sent = link, addrIP(link.RemoteAddr()), time.Now(), nil
+	rec.link, rec.addr, rec.lastSeen, rec.sent, rec.kind = link, addrIP(link.RemoteAddr()), time.Now(), nil, link.Kind()
 	p.mu.Unlock()
 	if old != nil {
 		p.log.Warn("host connected again while its old link looked up; replacing it", "name", name)
@@ -310,7 +398,7 @@ func (p *Proxy) adoptLocked(rec *hostRec) bool {
 
 // configLocked computes host name's share of the desired state.
 func (p *Proxy) configLocked(name string) hostConfig {
-	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name])}
+	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts}
 	for _, ln := range sortedKeys(p.mu.links) {
 		l := p.mu.links[ln]
 		if l.A != name && l.B != name {
@@ -320,42 +408,69 @@ func (p *Proxy) configLocked(name string) hostConfig {
 		if l.B == name {
 			peer = l.A
 		}
-		fl := fastLink{Name: ln, Peer: peer, Kind: "tcp", Dial: l.A == name}
-		if fl.Dial {
-			fl.Addrs = p.candidatesLocked(peer)
+		fl := fastLink{Name: ln, Peer: peer, Kind: p.linkKindLocked(l), Dial: l.A == name}
+		switch {
+		case fl.Dial && fl.Kind == "udp":
+			fl.Addrs, fl.Reflexive = p.udpCandidatesLocked(peer)
+			fl.TCPAddrs = p.tcpCandidatesLocked(peer)
+		case fl.Dial:
+			fl.Addrs = p.tcpCandidatesLocked(peer)
+		case fl.Kind == "udp":
+			fl.Punch, _ = p.udpCandidatesLocked(peer)
 		}
 		c.Links = append(c.Links, fl)
 	}
 	return c
 }
 
-// candidatesLocked lists where host name accepts fast links: its address as
-// the proxy sees it first (it works across NAT-free underlays even when the
-// host does not know its own public address), then what it reported.
-func (p *Proxy) candidatesLocked(name string) []string {
+// linkKindLocked picks a fast link's kind: the one asked for, else UDP when
+// both ends have a UDP socket (it punches through NATs), else TCP.
+func (p *Proxy) linkKindLocked(l topo.Link) string {
+	if l.Kind != "" {
+		return l.Kind
+	}
+	a, b := p.mu.hosts[l.A], p.mu.hosts[l.B]
+	if a != nil && b != nil && len(a.status.UDP) > 0 && len(b.status.UDP) > 0 {
+		return "udp"
+	}
+	return "tcp"
+}
+
+// tcpCandidatesLocked lists where host name accepts TCP fast links: its
+// address as the proxy sees it first (right across NAT-free underlays even
+// when the host does not know its public address), then what it reported.
+func (p *Proxy) tcpCandidatesLocked(name string) []string {
 	rec := p.mu.hosts[name]
 	if rec == nil {
 		return nil
 	}
-	out := []string{}
+	var out []string
+	for _, c := range rec.status.Listen {
+		if ap, err := netip.ParseAddrPort(c); err == nil && rec.addr.IsValid() {
+			out = append(out, netip.AddrPortFrom(rec.addr, ap.Port()).String())
+		}
+	}
+	return dedupe(append(out, rec.status.Listen...))
+}
+
+// udpCandidatesLocked lists where host name receives UDP: its NAT mappings
+// (from STUN) first, then its local addresses; and which are mappings.
+func (p *Proxy) udpCandidatesLocked(name string) (addrs, reflexive []string) {
+	rec := p.mu.hosts[name]
+	if rec == nil {
+		return nil, nil
+	}
+	return dedupe(append(append([]string(nil), rec.status.Reflexive...), rec.status.UDP...)), rec.status.Reflexive
+}
+
+func dedupe(in []string) []string {
 	seen := map[string]bool{}
-	add := func(s string) {
+	out := []string{}
+	for _, s := range in {
 		if !seen[s] {
 			seen[s] = true
 			out = append(out, s)
 		}
-	}
-	for _, c := range rec.status.Listen {
-		ap, err := netip.ParseAddrPort(c)
-		if err != nil {
-			continue
-		}
-		if rec.addr.IsValid() {
-			add(netip.AddrPortFrom(rec.addr, ap.Port()).String())
-		}
-	}
-	for _, c := range rec.status.Listen {
-		add(c)
 	}
 	return out
 }
@@ -375,10 +490,11 @@ func (p *Proxy) pushConfigs() {
 		}
 		c := p.configLocked(name)
 		b := encodeCtrl(&ctrlMsg{Op: opConfig, Config: &c})
-		if string(b) == string(rec.sent) {
+		// Soft state: a config lost on a datagram link is sent again soon.
+		if string(b) == string(rec.sent) && time.Since(rec.sentAt) < StatusRefresh {
 			continue
 		}
-		rec.sent = b
+		rec.sent, rec.sentAt = b, time.Now()
 		sends = append(sends, send{rec.link, b})
 	}
 	rules := p.mu.rules[topo.ProxyHost]
@@ -533,8 +649,12 @@ func (p *Proxy) hosts() []HostInfo {
 	out := []HostInfo{}
 	for _, name := range sortedKeys(p.mu.hosts) {
 		rec := p.mu.hosts[name]
-		hi := HostInfo{Name: name, Addrs: p.candidatesLocked(name), NAT: "unknown", State: "down", VMs: []string{},
-			API: rec.status.API, LastSeen: rec.lastSeen}
+		udp, _ := p.udpCandidatesLocked(name)
+		hi := HostInfo{Name: name, Addrs: dedupe(append(udp, p.tcpCandidatesLocked(name)...)), NAT: "unknown",
+			State: "down", VMs: []string{}, API: rec.status.API, LastSeen: rec.lastSeen}
+		if rec.status.NAT != "" {
+			hi.NAT = rec.status.NAT
+		}
 		if rec.link != nil {
 			hi.State = "up"
 			for _, vm := range rec.status.VMs {
@@ -552,7 +672,8 @@ func (p *Proxy) links() []LinkInfo {
 	out := []LinkInfo{}
 	for _, name := range sortedKeys(p.mu.hosts) {
 		rec := p.mu.hosts[name]
-		li := LinkInfo{Name: StarLinkName(name), A: topo.ProxyHost, B: name, Kind: "tcp", Role: "star", Via: "direct", State: "down"}
+		li := LinkInfo{Name: StarLinkName(name), A: topo.ProxyHost, B: name, Kind: rec.kind, Role: "star", Via: "direct",
+			State: "down"}
 		if rec.link != nil {
 			li.State, li.RTTus, li.TxBytes, li.RxBytes = "up", rec.link.RTT().Microseconds(), rec.link.TxBytes(), rec.link.RxBytes()
 		}
@@ -560,12 +681,13 @@ func (p *Proxy) links() []LinkInfo {
 	}
 	for _, name := range sortedKeys(p.mu.links) {
 		l := p.mu.links[name]
-		li := LinkInfo{Name: name, A: l.A, B: l.B, Kind: "tcp", Role: "fast", Via: "direct", State: "down"}
+		li := LinkInfo{Name: name, A: l.A, B: l.B, Kind: p.linkKindLocked(l), Role: "fast", Via: "direct", State: "down"}
 		// The dialing end (A) reports the link's state and counters.
 		if rec := p.mu.hosts[l.A]; rec != nil && rec.link != nil {
 			for _, r := range rec.status.Links {
 				if r.Name == name {
-					li.State, li.RTTus, li.TxBytes, li.RxBytes, li.Error = r.State, r.RTTus, r.TxBytes, r.RxBytes, r.Error
+					li = r
+					li.Role = "fast"
 				}
 			}
 		} else {

@@ -135,27 +135,34 @@ type ctrlMsg struct {
 
 // hostStatus is what a host reports about itself.
 type hostStatus struct {
-	API    string     `json:"api,omitempty"`
-	Listen []string   `json:"listen"` // candidate addresses for fast links (host:port)
-	VMs    []VMInfo   `json:"vms"`
-	Links  []LinkInfo `json:"links"` // its fast links
-	Rules  []RuleInfo `json:"rules"`
-	Ports  []PortInfo `json:"ports"`
+	API       string     `json:"api,omitempty"`
+	Listen    []string   `json:"listen"`              // TCP candidates for fast links (host:port)
+	UDP       []string   `json:"udp,omitempty"`       // UDP candidates: reflexive first, then local
+	Reflexive []string   `json:"reflexive,omitempty"` // UDP addresses as STUN servers saw them
+	NAT       string     `json:"nat,omitempty"`       // mapping behaviour, see nat.Mapping
+	VMs       []VMInfo   `json:"vms"`
+	Links     []LinkInfo `json:"links"` // its fast links
+	Rules     []RuleInfo `json:"rules"`
+	Ports     []PortInfo `json:"ports"`
 }
 
 // fastLink tells a host about one fast link it should have.
 type fastLink struct {
-	Name  string   `json:"name"`
-	Peer  string   `json:"peer"`
-	Kind  string   `json:"kind"`
-	Dial  bool     `json:"dial"`  // this host dials; the peer accepts
-	Addrs []string `json:"addrs"` // the peer's candidates, when Dial
+	Name      string   `json:"name"`
+	Peer      string   `json:"peer"`
+	Kind      string   `json:"kind"`                // "udp" (punched if need be) or "tcp"
+	Dial      bool     `json:"dial"`                // this host dials; the peer accepts
+	Addrs     []string `json:"addrs,omitempty"`     // the peer's UDP candidates (dialer), or TCP ones for kind tcp
+	TCPAddrs  []string `json:"tcp_addrs,omitempty"` // the peer's TCP candidates: the dialer's fallback
+	Reflexive []string `json:"reflexive,omitempty"` // which of Addrs are the peer's NAT mappings
+	Punch     []string `json:"punch,omitempty"`     // the dialer's UDP candidates (acceptor): open our NAT towards them
 }
 
 // hostConfig is a host's share of the desired state.
 type hostConfig struct {
-	Links []fastLink `json:"links"`
-	Rules []RuleInfo `json:"rules"`
+	Links     []fastLink `json:"links"`
+	Rules     []RuleInfo `json:"rules"`
+	STUNPorts []uint16   `json:"stun_ports,omitempty"` // the proxy's STUN ports, on the proxy's address
 }
 
 type lookupReq struct {
