@@ -87,6 +87,15 @@ func (l *Link) LocalAddr() net.Addr { return l.t.localAddr() }
 // RTT is the smoothed keepalive round-trip time (zero until measured).
 func (l *Link) RTT() time.Duration { return time.Duration(l.rtt.Load()) }
 
+// TransportStats are the transport's own counters (datagrams, drops by
+// reason), when it keeps any.
+func (l *Link) TransportStats() map[string]uint64 {
+	if st, ok := l.t.(interface{ Stats() map[string]uint64 }); ok {
+		return st.Stats()
+	}
+	return nil
+}
+
 // TxBytes and RxBytes count frame bytes sent and received.
 func (l *Link) TxBytes() uint64 { return l.txBytes.Load() }
 func (l *Link) RxBytes() uint64 { return l.rxBytes.Load() }
@@ -209,8 +218,12 @@ func (l *Link) writeFailed(err error) error {
 
 // SendControl sends one control message.
 func (l *Link) SendControl(msg []byte) error {
-	if len(msg) == 0 || len(msg) > MaxControl {
-		return fmt.Errorf("control message of %d bytes", len(msg))
+	limit := MaxControl
+	if c, ok := l.t.(interface{ controlLimit() int }); ok {
+		limit = c.controlLimit()
+	}
+	if len(msg) == 0 || len(msg) > limit {
+		return fmt.Errorf("control message of %d bytes does not fit a %s link (at most %d)", len(msg), l.t.kind(), limit)
 	}
 	return l.send(MsgControl, msg)
 }

@@ -510,3 +510,6 @@ func (s *udpSession) writeMsg(typ byte, payload []byte) error {
 	}
 	return s.flushLocked()
 }
+
+// controlLimit is the largest control message a UDP link carries.
+func (s *udpSession) controlLimit() int { return s.m.maxControl }
