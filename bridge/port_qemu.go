@@ -446,12 +446,13 @@ func (p *QEMUPort) drop(c *qemuConn, why string, err error) {
 	c.once.Do(func() {
 		p.cur.CompareAndSwap(c, nil)
 		c.conn.Close()
-		close(c.done)
+		// Log before waking the dial loop, so its retries come after this line.
 		if err != nil {
 			p.log.Info("QEMU VM disconnected", "conn", c.id, "why", why, "err", err)
 		} else {
 			p.log.Info("QEMU VM disconnected", "conn", c.id, "why", why)
 		}
+		close(c.done)
 	})
 }
 
