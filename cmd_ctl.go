@@ -29,7 +29,8 @@ Commands:
   rules                       forwarding rules on every host
   vms                         VMs (MACs) and where they are attached
   route SRC-MAC DST-MAC       the hop-by-hop path a frame takes right now
-  link add A B                open a direct fast-path link between hosts A and B
+  link add A B [--kind K]     open a direct fast-path link between hosts A and B
+                              (udp: hole-punched through NATs where needed; tcp)
   link del A B                close it (traffic falls back to the star)
   rule add HOST SRC DST TO    install a rule on HOST: SRC and DST are MAC, any or
                               not:MAC; TO is link:NAME or port:NAME (an optional
@@ -51,6 +52,7 @@ func runCtl(ctx context.Context, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON (the API's shapes) instead of tables")
 	dryRun := fs.Bool("dry-run", false, "apply: print what would change, change nothing")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on the daemon after this long")
+	kind := fs.String("kind", "", "link add: udp or tcp (default: the dialing host's star link kind)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -118,7 +120,11 @@ func runCtl(ctx context.Context, args []string) error {
 		if a[1] == "del" {
 			method = http.MethodDelete
 		}
-		return c.change(method, "links", map[string]string{"a": a[2], "b": a[3]})
+		body := map[string]string{"a": a[2], "b": a[3]}
+		if *kind != "" && method == http.MethodPost {
+			body["kind"] = *kind
+		}
+		return c.change(method, "links", body)
 	case (len(a) == 6 || len(a) == 7) && cmd == "rule" && (a[1] == "add" || a[1] == "del"):
 		r := a[2:]
 		if len(r) == 5 {

@@ -136,8 +136,8 @@ type linkRequest struct {
 }
 
 func (p *Proxy) addLink(a, b, kind string) (string, error) {
-	if kind != "" && kind != "tcp" {
-		return "", badRequest("link kind %q is not supported yet (tcp)", kind)
+	if kind != "" && kind != "tcp" && kind != "udp" {
+		return "", badRequest("fast links are udp or tcp, not %q (empty: follow the dialing host's star link)", kind)
 	}
 	if a == b {
 		return "", badRequest("a link needs two different hosts")
@@ -145,7 +145,7 @@ func (p *Proxy) addLink(a, b, kind string) (string, error) {
 	if a == topo.ProxyHost || b == topo.ProxyHost {
 		return "", badRequest("every host already has a star link to the proxy; fast links join two hosts")
 	}
-	l := topo.Link{A: min(a, b), B: max(a, b)}
+	l := topo.Link{A: min(a, b), B: max(a, b), Kind: kind}
 	name := l.Name()
 	err := p.change(func(d *desired) error {
 		for _, h := range []string{a, b} {
@@ -225,8 +225,7 @@ func (p *Proxy) export() *topo.Topology {
 	}
 	p.mu.Lock()
 	for _, n := range sortedKeys(p.mu.links) {
-		l := p.mu.links[n]
-		t.Links = append(t.Links, topo.Link{A: l.A, B: l.B})
+		t.Links = append(t.Links, p.mu.links[n])
 	}
 	p.mu.Unlock()
 	for _, r := range p.rules() {
@@ -251,10 +250,10 @@ func (p *Proxy) apply(t *topo.Topology, dryRun bool) (ApplyResult, error) {
 		for _, c := range changes {
 			switch {
 			case c.Link != nil && c.Op == topo.OpAdd:
-				if c.Link.Kind != "" && c.Link.Kind != "tcp" {
-					return badRequest("link %s: kind %s is not supported yet", c.Link.Name(), c.Link.Kind)
+				if c.Link.Kind != "" && c.Link.Kind != "tcp" && c.Link.Kind != "udp" {
+					return badRequest("link %s: fast links are udp or tcp, not %s", c.Link.Name(), c.Link.Kind)
 				}
-				d.links[c.Link.Name()] = topo.Link{A: c.Link.A, B: c.Link.B}
+				d.links[c.Link.Name()] = *c.Link
 			case c.Link != nil && c.Op == topo.OpDel:
 				delete(d.links, c.Link.Name())
 			case c.Rule != nil:
