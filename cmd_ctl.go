@@ -291,6 +291,21 @@ func printStatus(w io.Writer, st appliance.Status) {
 		table(w, "%s\t%s\t%d\t%s\t%d\t%s\t%s", p.Name, p.Role, p.RxFrames, size(p.RxBytes), p.TxFrames, size(p.TxBytes),
 			strings.Join(drops, " "))
 	}
+	for _, c := range []struct {
+		name string
+		m    map[string]uint64
+	}{{"udp", st.UDP}, {"stun", st.STUN}} {
+		var kv []string
+		for _, k := range sortedMapKeys(c.m) {
+			if c.m[k] > 0 {
+				kv = append(kv, fmt.Sprintf("%s=%d", k, c.m[k]))
+			}
+		}
+		if len(kv) > 0 {
+			table(w, "")
+			table(w, "%s\t%s", c.name, strings.Join(kv, " "))
+		}
+	}
 }
 
 func sortedMapKeys(m map[string]uint64) []string {

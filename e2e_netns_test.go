@@ -651,13 +651,26 @@ const (
 func (e *e2eNet) fastPath(t *testing.T) {
 	v11, v21 := e.vm("v11"), e.vm("v21")
 	e.waitRoute(t, v11, v21, e2eRouteStar, 10*time.Second)
-	if err := e.ctl(nil, "link", "add", "h1", "h2"); err != nil {
+	// A UDP fast path (the star is TCP here): frames of a 1500-byte MTU VM
+	// are split to cross the 1500-byte underlay and put together again.
+	if err := e.ctl(nil, "link", "add", "h1", "h2", "--kind", "udp"); err != nil {
 		t.Fatal(err)
 	}
 	took := e.waitLink(t, "h1-h2", "up", 15*time.Second)
 	t.Logf("fast link h1-h2 up %v after `link add`", took.Round(time.Millisecond))
+	if l, err := e.link("h1-h2"); err != nil || l.Kind != "udp" {
+		t.Fatalf("fast link: %+v, %v; want kind udp", l, err)
+	}
 	e.waitRoute(t, v11, v21, e2eRouteFast, 10*time.Second)
 	e.pingUntil(t, v11.ns, v21.ip, 5*time.Second)
+	// The largest unfragmented IPv4 packet, DF set: 1472 bytes of ICMP
+	// payload, a 1514-byte frame.
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	out, err := netns.Run(ctx, v11.ns, "ping", "-M", "do", "-s", "1472", "-c", "3", "-W", "2", v21.ip)
+	cancel()
+	if err != nil {
+		t.Fatalf("1472-byte ping with DF over the UDP fast path: %v\n%s", err, out)
+	}
 
 	// The bulk transfer crosses the fast link, not the star.
 	before, err := e.link("h1-h2")

@@ -129,6 +129,9 @@ func (h *Host) routes() *http.ServeMux {
 		if star != nil {
 			st.ProxyState, st.Proxy = "up", star.RemoteAddr().String()
 		}
+		if h.mux != nil {
+			st.UDP = h.mux.Stats()
+		}
 		for _, l := range h.hostLinks() {
 			if l.State == "up" {
 				st.LinksUp++

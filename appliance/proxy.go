@@ -245,6 +245,14 @@ func (c *closeBoth) Close() error {
 	return c.Acceptor.Close()
 }
 
+// unwrapAcceptor returns the listener inside a closeBoth.
+func unwrapAcceptor(a tunnel.Acceptor) tunnel.Acceptor {
+	if c, ok := a.(*closeBoth); ok {
+		return c.Acceptor
+	}
+	return a
+}
+
 func addrPort(a net.Addr) uint16 {
 	ap, err := netip.ParseAddrPort(a.String())
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"vnet/bridge"
 	"vnet/topo"
+	"vnet/tunnel"
 )
 
 // desired is a copy of the proxy's desired state, changed as a whole.
@@ -294,7 +295,12 @@ func (p *Proxy) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/status", handle(func(*http.Request) (any, error) {
 		st := Status{Role: "proxy", Name: topo.ProxyHost, Version: Version, UptimeS: int64(time.Since(p.start).Seconds()),
-			Listen: p.Addrs(), MACs: len(p.sw.MACs()), Ports: portInfos(p.sw)}
+			Listen: p.Addrs(), MACs: len(p.sw.MACs()), Ports: portInfos(p.sw), STUN: p.stun.Stats()}
+		for _, ln := range p.lns {
+			if m, ok := unwrapAcceptor(ln).(*tunnel.UDPMux); ok {
+				st.UDP = m.Stats()
+			}
+		}
 		for _, h := range p.hosts() {
 			st.HostsKnown++
 			if h.State == "up" {

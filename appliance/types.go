@@ -104,6 +104,11 @@ type Status struct {
 	LinksUp    int        `json:"links_up"`
 	MACs       int        `json:"macs"`
 	Ports      []PortInfo `json:"ports"`
+	// UDP counts the UDP socket's datagrams and drops by reason (stranger,
+	// bad-mac, replay, handshake-bad, punch, frag-error, ...); STUN the
+	// proxy's STUN answers and refusals.
+	UDP  map[string]uint64 `json:"udp,omitempty"`
+	STUN map[string]uint64 `json:"stun,omitempty"`
 }
 
 // ApplyResult is the answer to `apply`.
