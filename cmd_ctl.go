@@ -52,7 +52,7 @@ func runCtl(ctx context.Context, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON (the API's shapes) instead of tables")
 	dryRun := fs.Bool("dry-run", false, "apply: print what would change, change nothing")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on the daemon after this long")
-	kind := fs.String("kind", "", "link add: udp or tcp (default: the dialing host's star link kind)")
+	kind := fs.String("kind", "", "link add: udp or tcp (default: udp when both hosts have a UDP socket, else tcp)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

@@ -39,9 +39,10 @@ Examples:
 	proxies := fs.StringArray("proxy", nil, "the proxy as tcp://HOST:PORT, udp://HOST:PORT or quic://HOST:PORT\n"+
 		"(repeatable: tried in order, the first that works is used)")
 	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
-	listen := fs.StringArray("listen", []string{"tcp://:0", "udp://:0"},
+	listen := fs.StringArray("listen", nil,
 		"where other hosts connect for fast paths: at most one tcp:// and one udp:// (the UDP socket also\n"+
-			"carries udp:// star links, STUN and hole punching); port 0 picks a free port")
+			"carries udp:// star links, STUN and hole punching); port 0 picks a free port\n"+
+			"(default tcp://:0, plus udp://:0 when a --proxy is udp:// or quic://)")
 	stun := fs.StringArray("stun", nil, "an extra STUN server HOST:PORT (repeatable); the proxy's own are always used")
 	api := fs.String("api", "", "control API address for a local view (loopback only), e.g. 127.0.0.1:7778")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it")

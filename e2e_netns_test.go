@@ -345,7 +345,9 @@ func (e *e2eNet) daemons(t *testing.T) {
 		return err == nil, fmt.Sprint(err)
 	})
 	for i, h := range []string{"h1", "h2"} {
-		args := []string{e.bin, "host", "--name", h, "--proxy", e2eProxyURL, "--key-file", e.key}
+		// A TCP star, and a UDP socket too for the UDP fast path.
+		args := []string{e.bin, "host", "--name", h, "--proxy", e2eProxyURL, "--key-file", e.key,
+			"--listen", "tcp://:0", "--listen", "udp://:0"}
 		for j := 1; j <= 2; j++ {
 			args = append(args, "--tap", fmt.Sprintf("t%d%d", i+1, j))
 		}

@@ -503,6 +503,9 @@ func (l *natLab) daemons(t *testing.T) {
 		for _, p := range h.proxies {
 			args = append(args, "--proxy", p)
 		}
+		// Every host gets a UDP socket, even h7 whose star is TCP only, so
+		// that its fast paths can be punched.
+		args = append(args, "--listen", "tcp://:0", "--listen", "udp://:0")
 		args = append(args, "--key-file", l.key, "--tap", fmt.Sprintf("t%d1", h.i), "--api", natHostAPI)
 		h.proc, err = l.lab.Start(h.name, h.nsH, filepath.Join(l.dir, h.name+".log"), nil, args...)
 		if err != nil {
@@ -843,10 +846,10 @@ func (l *natLab) caseD(t *testing.T) {
 // pairing of the lab is counted: how many end up direct or punched, and
 // how many relayed.
 func (l *natLab) combinations(t *testing.T) {
-	// A link's kind follows its dialing end's star (the first name in
-	// order): h2 and h6 have udp stars, h7 a tcp one. A TCP fast path
-	// cannot cross two NATs, so h7-h8 must end up relayed (never worse than
-	// the star); asked for over UDP instead, it can be punched.
+	// A fast link is UDP by default when both ends have a UDP socket (they
+	// all do here, h7 too although its star is TCP), and punched where the
+	// NATs allow; a TCP fast path cannot cross two NATs and would end up
+	// relayed (never worse than the star).
 	type combo struct {
 		a, b string
 		kind string // for ctl link add --kind; "" for the default

@@ -89,10 +89,12 @@ func parseRuleInfos(rs []RuleInfo) ([]bridge.Rule, error) {
 	return out, errors.Join(errs...)
 }
 
-// candidateAddrs lists host:port candidates for a listener bound to bound
-// (port from it; if bound to the unspecified address, every usable
-// interface address).
-func candidateAddrs(bound net.Addr, extra ...netip.Addr) []string {
+// candidateAddrs lists host:port candidates for a listener bound to bound:
+// the extra addresses first, then (if bound to the unspecified address)
+// every usable interface address. Loopback addresses are included only
+// when withLoopback is set (everything on one machine, as in `vnet demo`):
+// a remote peer must not dial its own loopback.
+func candidateAddrs(bound net.Addr, withLoopback bool, extra ...netip.Addr) []string {
 	ap, err := netip.ParseAddrPort(bound.String())
 	if err != nil {
 		return nil
@@ -100,6 +102,9 @@ func candidateAddrs(bound net.Addr, extra ...netip.Addr) []string {
 	seen := map[string]bool{}
 	var out []string
 	add := func(ip netip.Addr) {
+		if ip.IsLoopback() && !withLoopback {
+			return
+		}
 		s := netip.AddrPortFrom(ip.Unmap(), ap.Port()).String()
 		if !seen[s] {
 			seen[s] = true
@@ -116,23 +121,14 @@ func candidateAddrs(bound net.Addr, extra ...netip.Addr) []string {
 		return out
 	}
 	addrs, _ := net.InterfaceAddrs()
-	var loop []netip.Addr
 	for _, a := range addrs {
 		pfx, err := netip.ParsePrefix(a.String())
 		if err != nil {
 			continue
 		}
-		ip := pfx.Addr()
-		switch {
-		case ip.IsLinkLocalUnicast(), ip.IsMulticast():
-		case ip.IsLoopback():
-			loop = append(loop, ip)
-		default:
+		if ip := pfx.Addr(); !ip.IsLinkLocalUnicast() && !ip.IsMulticast() {
 			add(ip)
 		}
-	}
-	for _, ip := range loop { // last: only useful when everything is on one machine
-		add(ip)
 	}
 	return out
 }

@@ -90,6 +90,20 @@ type Host struct {
 	}
 }
 
+// DefaultHostListen is where a host listens when not told: TCP on any port,
+// and UDP on any port too if it reaches the proxy over UDP or QUIC. A host
+// told to use TCP only (UDP may be blocked where it runs) opens no UDP
+// socket, so its fast paths are TCP.
+func DefaultHostListen(proxies []tunnel.Endpoint) []tunnel.Endpoint {
+	eps := []tunnel.Endpoint{{Kind: "tcp", Addr: ":0"}}
+	for _, p := range proxies {
+		if p.Kind != "tcp" {
+			return append(eps, tunnel.Endpoint{Kind: "udp", Addr: ":0"})
+		}
+	}
+	return eps
+}
+
 // NewHost validates cfg, opens the fast-link listener and the API, attaches
 // the ports and starts the daemon.
 func NewHost(cfg HostConfig) (_ *Host, err error) {
@@ -100,7 +114,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 		return nil, errors.New("no proxy given (--proxy tcp://HOST:5000)")
 	}
 	if len(cfg.Listen) == 0 {
-		cfg.Listen = []tunnel.Endpoint{{Kind: "tcp", Addr: ":0"}, {Kind: "udp", Addr: ":0"}}
+		cfg.Listen = DefaultHostListen(cfg.Proxies)
 	}
 	log := discardIfNil(cfg.Log).With("host", cfg.Name)
 	h := &Host{cfg: cfg, log: log, start: time.Now()}
@@ -531,6 +545,19 @@ func (h *Host) dialProxy(ep tunnel.Endpoint, hello tunnel.Hello) (*tunnel.Link, 
 	return nil, fmt.Errorf("unknown link kind %q", ep.Kind)
 }
 
+// proxyOnLoopback reports whether the proxy is on this machine's loopback:
+// then so are the other hosts, and loopback candidates make sense.
+func (h *Host) proxyOnLoopback() bool {
+	h.mu.Lock()
+	star := h.mu.star
+	h.mu.Unlock()
+	if star != nil {
+		return addrIP(star.RemoteAddr()).IsLoopback()
+	}
+	ap, err := netip.ParseAddrPort(h.cfg.Proxies[0].Addr)
+	return err == nil && ap.Addr().IsLoopback()
+}
+
 // acceptors are the host's listeners for fast links.
 func (h *Host) acceptors() []tunnel.Acceptor {
 	var out []tunnel.Acceptor
@@ -631,7 +658,7 @@ func (h *Host) localUDP() []netip.AddrPort {
 	if star != nil {
 		extra = append(extra, addrIP(star.LocalAddr()))
 	}
-	return parseAddrPorts(candidateAddrs(h.mux.Addr(), extra...))
+	return parseAddrPorts(candidateAddrs(h.mux.Addr(), h.proxyOnLoopback(), extra...))
 }
 
 func (h *Host) sleepCtx(ctx context.Context, d time.Duration) {
@@ -787,9 +814,9 @@ func (h *Host) status() hostStatus {
 	h.mu.Unlock()
 	if h.ln != nil {
 		if star != nil {
-			st.Listen = candidateAddrs(h.ln.Addr(), addrIP(star.LocalAddr()))
+			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), addrIP(star.LocalAddr()))
 		} else {
-			st.Listen = candidateAddrs(h.ln.Addr())
+			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback())
 		}
 	}
 	for _, ap := range h.localUDP() {

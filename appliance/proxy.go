@@ -431,19 +431,18 @@ func (p *Proxy) configLocked(name string) hostConfig {
 	return c
 }
 
-// linkKindLocked picks a fast link's kind: the one asked for; else the
-// kind of the dialing host's star link (a host that reaches the proxy over
-// TCP may be behind a firewall that blocks UDP), UDP for QUIC; UDP only if
-// both ends have a UDP socket. A UDP attempt falls back to TCP anyway.
+// linkKindLocked picks a fast link's kind: the one asked for, else UDP when
+// both ends have a UDP socket (it punches through NATs; a failed attempt
+// falls back to TCP), else TCP.
 func (p *Proxy) linkKindLocked(l topo.Link) string {
 	if l.Kind != "" {
 		return l.Kind
 	}
 	a, b := p.mu.hosts[l.A], p.mu.hosts[l.B]
-	if a == nil || b == nil || len(a.status.UDP) == 0 || len(b.status.UDP) == 0 || a.kind == "tcp" {
-		return "tcp"
+	if a != nil && b != nil && len(a.status.UDP) > 0 && len(b.status.UDP) > 0 {
+		return "udp"
 	}
-	return "udp"
+	return "tcp"
 }
 
 // tcpCandidatesLocked lists where host name accepts TCP fast links: its
