@@ -55,9 +55,12 @@ type portSet struct {
 }
 
 // Observer sees every batch of frames a port received, before forwarding.
-// It runs on the port's reader goroutine and must not keep the slices.
+// It runs on the port's reader goroutine (so concurrently for different
+// ports) and must not keep the slices. role tells VM-facing ports from
+// links: counting only frames that enter from VM ports counts every frame
+// once in the whole network, at the host of its source.
 type Observer interface {
-	ObserveBatch(port string, frames [][]byte)
+	ObserveBatch(port string, role Role, frames [][]byte)
 }
 
 // Config configures a Switch.
@@ -256,7 +259,7 @@ func (s *Switch) routineRead(in *portState) {
 			for i := 0; i < n; i++ {
 				views = append(views, frames[i].data())
 			}
-			s.observer.ObserveBatch(in.name, views)
+			s.observer.ObserveBatch(in.name, in.role, views)
 		}
 		now := time.Now().UnixNano()
 		for i := 0; i < n; i++ {
