@@ -33,6 +33,7 @@ var commands = []command{
 	{"host", "run a host daemon where VMs run; it dials the proxy", runHost},
 	{"ctl", "inspect and change a running network through the control API", runCtl},
 	{"demo", "run a whole network in this process, on loopback, no root", runDemo},
+	{"patterns", "run the BSP benchmark workload (one rank per VM)", runPatterns},
 	{"keygen", "print a new network key", runKeygen},
 	{"version", "print the version", runVersion},
 }
