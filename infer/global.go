@@ -1,0 +1,510 @@
+package infer
+
+import (
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Defaults for GlobalConfig.
+const (
+	DefaultWindow    = 10 * time.Second
+	DefaultThreshold = 0.3
+	DefaultBMin      = 0.1
+	DefaultHistory   = 256
+	DefaultSettle    = time.Second
+	// DefaultKeep is how much per-second history the Aggregator keeps for
+	// Matrix(last).
+	DefaultKeep = time.Hour
+	// dedupTTL is how long a (host, seq) is remembered for deduplication;
+	// resends happen within seconds.
+	dedupTTL = 2 * time.Minute
+	// subscriberBuffer is the channel capacity of a Subscribe stream.
+	subscriberBuffer = 64
+)
+
+// Event kinds.
+const (
+	EventTopologyChange = "topology-change"
+	EventQuiet          = "quiet"
+)
+
+// GlobalConfig configures an Aggregator. Zero values take the defaults.
+type GlobalConfig struct {
+	// Window is the sliding window the global matrix is smoothed over
+	// (default 10 s). Longer: steadier topology, slower to notice traffic
+	// that stopped (an edge leaves only when its bytes in the window fall
+	// under b_min × the largest).
+	Window time.Duration
+	// Threshold is the change-detection threshold (default 0.3): a change
+	// is declared when the total-variation distance between the smoothed,
+	// pruned matrix and the last declared one, each normalised to sum 1,
+	// exceeds it. Lower: reacts to smaller shifts, risks declaring noise.
+	Threshold float64
+	// BMin prunes: entries below BMin × the largest entry are not edges
+	// (default 0.1). Higher: ignores more background noise, risks losing
+	// genuinely light edges of an uneven pattern.
+	BMin float64
+	// History is how many events are kept for Events (default 256).
+	History int
+	// Settle is how long a new structure (archetype, hub, edge set) must be
+	// seen unchanged, over at least two ticks, before it can be declared
+	// (default 1 s, about one host report interval, so a picture built
+	// from only some hosts' first reports is not declared). Shorter:
+	// faster detection, risks declaring a half-reported pattern.
+	Settle time.Duration
+	// Keep is the raw per-second history kept for Matrix (default 1 h).
+	Keep time.Duration
+	// Now is the clock (default time.Now); tests inject one.
+	Now func() time.Time
+	// Log receives one line per declared change or quiet (default: none).
+	Log *slog.Logger
+}
+
+func (c GlobalConfig) withDefaults() GlobalConfig {
+	if c.Window <= 0 {
+		c.Window = DefaultWindow
+	}
+	if c.Threshold <= 0 {
+		c.Threshold = DefaultThreshold
+	}
+	if c.BMin <= 0 {
+		c.BMin = DefaultBMin
+	}
+	if c.History <= 0 {
+		c.History = DefaultHistory
+	}
+	if c.Settle <= 0 {
+		c.Settle = DefaultSettle
+	}
+	if c.Keep <= 0 {
+		c.Keep = DefaultKeep
+	}
+	if c.Keep < c.Window {
+		c.Keep = c.Window
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Event is a topology change or a quiet, kept in a history and streamed
+// to subscribers.
+type Event struct {
+	Seq      uint64    `json:"seq"`
+	At       time.Time `json:"at"`
+	Kind     string    `json:"kind"` // EventTopologyChange or EventQuiet
+	Topology *Topology `json:"topology,omitempty"`
+	Note     string    `json:"note,omitempty"`
+}
+
+// AggregatorStats counts what the Aggregator discarded.
+type AggregatorStats struct {
+	Reports       uint64 `json:"reports"`        // reports merged
+	Duplicates    uint64 `json:"duplicates"`     // reports dropped as a repeated (host, seq)
+	DroppedEvents uint64 `json:"dropped_events"` // events a slow subscriber missed
+	Subscribers   int    `json:"subscribers"`
+}
+
+type pairCounts struct{ bytes, frames uint64 }
+
+// secBucket is one second of global traffic, sparse by pair.
+type secBucket struct {
+	sec   int64
+	pairs map[pairKey]pairCounts
+}
+
+type subscriber struct {
+	ch      chan Event
+	dropped uint64
+}
+
+// Aggregator merges hosts' local matrices into the global VM×VM matrix,
+// smooths it over a sliding window, infers the topology and declares
+// changes. It is safe for concurrent use; one mutex guards everything,
+// and no call blocks on a subscriber.
+//
+// Storage is a ring of per-second buckets (Keep long), each a map of the
+// pairs that talked in that second, so memory is proportional to active
+// pairs × active seconds, not to VMs².
+type Aggregator struct {
+	cfg GlobalConfig
+
+	mu      sync.Mutex
+	buckets []secBucket
+	seen    map[string]map[uint64]time.Time // host → seq → when
+	quiet   map[pairKey]time.Time           // pairs reported quiet, until they talk again
+	stats   AggregatorStats
+
+	active bool // the last Tick saw traffic
+	decl   struct {
+		has  bool // a topology is declared and traffic has not gone quiet since
+		topo Topology
+		sig  string
+		ref  map[pairKey]float64 // its pruned matrix, normalised to sum 1
+	}
+	everDeclared bool
+	cand         struct {
+		sig   string
+		since time.Time
+		ticks int
+	}
+
+	events  []Event // ring of the last History events, oldest first
+	nextSeq uint64
+	subs    map[*subscriber]struct{}
+}
+
+// NewAggregator returns an Aggregator; zero fields of cfg take defaults.
+func NewAggregator(cfg GlobalConfig) *Aggregator {
+	cfg = cfg.withDefaults()
+	n := int((cfg.Keep + time.Second - 1) / time.Second)
+	return &Aggregator{
+		cfg:     cfg,
+		buckets: make([]secBucket, n),
+		seen:    map[string]map[uint64]time.Time{},
+		quiet:   map[pairKey]time.Time{},
+		nextSeq: 1,
+		subs:    map[*subscriber]struct{}{},
+	}
+}
+
+// Config returns the effective configuration (defaults filled in).
+func (g *Aggregator) Config() GlobalConfig { return g.cfg }
+
+// Add merges a host's report: per-pair byte/frame deltas measured by that
+// host since its previous report. Each frame is counted by exactly one
+// host (the host of its source VM), so reports add up without double
+// counting; a repeated (host, seq) within dedupTTL is dropped. A host that
+// restarts its seq numbering should change its host string (e.g. add a
+// boot nonce). Deltas land in the current second's bucket.
+func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) {
+	now := g.cfg.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	seen := g.seen[host]
+	if seen == nil {
+		seen = map[uint64]time.Time{}
+		g.seen[host] = seen
+	}
+	if _, dup := seen[seq]; dup {
+		g.stats.Duplicates++
+		return
+	}
+	for s, at := range seen {
+		if now.Sub(at) > dedupTTL {
+			delete(seen, s)
+		}
+	}
+	seen[seq] = now
+	g.stats.Reports++
+	b := g.bucketLocked(now.Unix())
+	for _, e := range deltas {
+		if e.Bytes == 0 && e.Frames == 0 {
+			continue
+		}
+		k := pairKey{strings.ToLower(e.Src), strings.ToLower(e.Dst)}
+		if k.src == k.dst {
+			continue
+		}
+		c := b.pairs[k]
+		c.bytes = satAdd(c.bytes, e.Bytes)
+		c.frames = satAdd(c.frames, e.Frames)
+		b.pairs[k] = c
+		if e.Bytes > 0 {
+			delete(g.quiet, k)
+		}
+	}
+}
+
+// Quiet tells the aggregator that these pairs went quiet at host: their
+// traffic stopped. They leave the smoothed matrix (not the raw history) at
+// once, instead of fading out over the window, until they report traffic
+// again. When nothing is left, the next Tick emits a "quiet" event.
+func (g *Aggregator) Quiet(host string, pairs []Pair) {
+	now := g.cfg.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, p := range pairs {
+		g.quiet[pairKey{p.Src.String(), p.Dst.String()}] = now
+	}
+}
+
+func (g *Aggregator) bucketLocked(sec int64) *secBucket {
+	n := int64(len(g.buckets))
+	b := &g.buckets[((sec%n)+n)%n]
+	if b.sec != sec || b.pairs == nil {
+		b.sec = sec
+		b.pairs = make(map[pairKey]pairCounts, len(b.pairs))
+	}
+	return b
+}
+
+// sumLocked adds the buckets of the seconds in (now-span, now].
+func (g *Aggregator) sumLocked(now time.Time, span time.Duration, skipQuiet bool) map[pairKey]pairCounts {
+	secs := int64((span + time.Second - 1) / time.Second)
+	if max := int64(len(g.buckets)); secs > max {
+		secs = max
+	}
+	end := now.Unix()
+	out := map[pairKey]pairCounts{}
+	n := int64(len(g.buckets))
+	for s := end - secs + 1; s <= end; s++ {
+		b := &g.buckets[((s%n)+n)%n]
+		if b.sec != s {
+			continue
+		}
+		for k, c := range b.pairs {
+			if skipQuiet {
+				if _, q := g.quiet[k]; q {
+					continue
+				}
+			}
+			t := out[k]
+			t.bytes = satAdd(t.bytes, c.bytes)
+			t.frames = satAdd(t.frames, c.frames)
+			out[k] = t
+		}
+	}
+	return out
+}
+
+func toMatrix(span time.Duration, m map[pairKey]pairCounts) Matrix {
+	out := Matrix{WindowS: int(span / time.Second), Entries: make([]Entry, 0, len(m))}
+	for k, c := range m {
+		out.Entries = append(out.Entries, Entry{Src: k.src, Dst: k.dst, Bytes: c.bytes, Frames: c.frames})
+	}
+	sort.Slice(out.Entries, func(i, j int) bool {
+		a, b := out.Entries[i], out.Entries[j]
+		if a.Bytes != b.Bytes {
+			return a.Bytes > b.Bytes
+		}
+		if a.Src != b.Src {
+			return a.Src < b.Src
+		}
+		return a.Dst < b.Dst
+	})
+	return out
+}
+
+// Matrix returns the raw global matrix over the last `last` (whole
+// seconds, capped at Keep; last ≤ 0 means all that is kept). Pairs
+// reported quiet are included: this is history.
+func (g *Aggregator) Matrix(last time.Duration) Matrix {
+	if last <= 0 || last > g.cfg.Keep {
+		last = g.cfg.Keep
+	}
+	last = last.Truncate(time.Second)
+	if last < time.Second {
+		last = time.Second
+	}
+	now := g.cfg.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return toMatrix(last, g.sumLocked(now, last, false))
+}
+
+// Smoothed returns the matrix summed over the last Window (a boxcar
+// low-pass filter), without the pairs reported quiet.
+func (g *Aggregator) Smoothed() Matrix {
+	now := g.cfg.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return toMatrix(g.cfg.Window, g.sumLocked(now, g.cfg.Window, true))
+}
+
+// Topology returns the last declared topology (the zero Topology, with
+// empty slices, before the first). Its weights are refreshed while the
+// same structure persists; ChangedAt is when it was declared.
+func (g *Aggregator) Topology() Topology {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.everDeclared {
+		return Topology{Edges: []Edge{}, Nodes: []string{}}
+	}
+	return cloneTopology(g.decl.topo)
+}
+
+func cloneTopology(t Topology) Topology {
+	t.Edges = append([]Edge{}, t.Edges...)
+	t.Nodes = append([]string{}, t.Nodes...)
+	return t
+}
+
+// Tick re-evaluates now: smooth, infer, detect change, emit events. The
+// appliance calls it about once a second and after each Add.
+//
+// Change detection: the current structure (signature = archetype, hub,
+// undirected edge set) becomes a candidate; once it has been seen
+// unchanged for Settle and at least two ticks, it is declared if it
+// differs from the declared one's and the total-variation distance
+// between the two pruned matrices, each normalised to sum 1 (half the L1
+// distance: the share of traffic that moved, 0..1, blind to the overall
+// rate), exceeds Threshold. The same structure with shifted weights only
+// refreshes the declared topology; a different structure that moved less
+// traffic than Threshold (an edge hovering at b_min) is ignored. That
+// pair of conditions is the hysteresis: no flapping while a pattern is
+// steady, one event per real change.
+func (g *Aggregator) Tick() {
+	now := g.cfg.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	sm := toMatrix(g.cfg.Window, g.sumLocked(now, g.cfg.Window, true))
+	for k, at := range g.quiet {
+		if now.Sub(at) > g.cfg.Keep {
+			delete(g.quiet, k)
+		}
+	}
+	if len(sm.Entries) == 0 {
+		if g.active {
+			g.active = false
+			g.decl.has = false
+			g.cand.sig, g.cand.ticks = "", 0
+			g.emitLocked(Event{At: now, Kind: EventQuiet, Note: "all traffic stopped"})
+		}
+		return
+	}
+	g.active = true
+	topo := Infer(sm, g.cfg.BMin)
+	sig := signature(topo)
+	if sig != g.cand.sig {
+		g.cand.sig, g.cand.since, g.cand.ticks = sig, now, 1
+	} else {
+		g.cand.ticks++
+	}
+	vec := normalised(topo)
+	if g.decl.has && sig == g.decl.sig {
+		changed := g.decl.topo.ChangedAt
+		g.decl.topo = topo
+		g.decl.topo.ChangedAt = changed
+		g.decl.ref = vec
+		return
+	}
+	if g.cand.ticks < 2 || now.Sub(g.cand.since) < g.cfg.Settle {
+		return
+	}
+	d := 1.0
+	if g.decl.has {
+		d = tvDistance(vec, g.decl.ref)
+	}
+	if d <= g.cfg.Threshold {
+		return
+	}
+	topo.ChangedAt = now
+	g.decl.has, g.decl.topo, g.decl.sig, g.decl.ref = true, topo, sig, vec
+	g.everDeclared = true
+	t := cloneTopology(topo)
+	g.emitLocked(Event{At: now, Kind: EventTopologyChange, Topology: &t,
+		Note: fmt.Sprintf("%s, %d nodes, %d edges, distance %.2f", archOrUnknown(topo.Archetype), len(topo.Nodes), len(topo.Edges), d)})
+}
+
+func archOrUnknown(a string) string {
+	if a == "" {
+		return ArchUnknown
+	}
+	return a
+}
+
+// normalised returns the pruned matrix (the topology's edges) scaled to
+// sum 1.
+func normalised(t Topology) map[pairKey]float64 {
+	var total float64
+	for _, e := range t.Edges {
+		total += float64(e.Bytes)
+	}
+	out := make(map[pairKey]float64, len(t.Edges))
+	if total == 0 {
+		return out
+	}
+	for _, e := range t.Edges {
+		out[pairKey{e.Src, e.Dst}] = float64(e.Bytes) / total
+	}
+	return out
+}
+
+// tvDistance is the total-variation distance ½ Σ |a − b| of two
+// distributions over pairs, in [0, 1].
+func tvDistance(a, b map[pairKey]float64) float64 {
+	var s float64
+	for k, x := range a {
+		y := b[k]
+		if x > y {
+			s += x - y
+		} else {
+			s += y - x
+		}
+	}
+	for k, y := range b {
+		if _, ok := a[k]; !ok {
+			s += y
+		}
+	}
+	return s / 2
+}
+
+func (g *Aggregator) emitLocked(ev Event) {
+	ev.Seq = g.nextSeq
+	g.nextSeq++
+	if len(g.events) >= g.cfg.History {
+		copy(g.events, g.events[1:])
+		g.events = g.events[:len(g.events)-1]
+	}
+	g.events = append(g.events, ev)
+	if g.cfg.Log != nil {
+		g.cfg.Log.Info("vttif", "event", ev.Kind, "seq", ev.Seq, "note", ev.Note)
+	}
+	for s := range g.subs {
+		select {
+		case s.ch <- ev:
+		default:
+			s.dropped++
+			g.stats.DroppedEvents++
+		}
+	}
+}
+
+// Events returns the kept events with Seq > since, oldest first.
+func (g *Aggregator) Events(since uint64) []Event {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := []Event{}
+	for _, ev := range g.events {
+		if ev.Seq > since {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// Subscribe returns a live stream of events (buffered; a subscriber that
+// falls behind misses events, counted in Stats().DroppedEvents, and never
+// blocks Tick) and a cancel func that ends the stream and closes the
+// channel. Cancel may be called more than once.
+func (g *Aggregator) Subscribe() (<-chan Event, func()) {
+	s := &subscriber{ch: make(chan Event, subscriberBuffer)}
+	g.mu.Lock()
+	g.subs[s] = struct{}{}
+	g.mu.Unlock()
+	var once sync.Once
+	return s.ch, func() {
+		once.Do(func() {
+			g.mu.Lock()
+			delete(g.subs, s)
+			g.mu.Unlock()
+			close(s.ch)
+		})
+	}
+}
+
+// Stats returns counters.
+func (g *Aggregator) Stats() AggregatorStats {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := g.stats
+	s.Subscribers = len(g.subs)
+	return s
+}
