@@ -206,7 +206,7 @@ func runPatterns(ctx context.Context, args []string) error {
 		start := time.Now()
 		res, err := patterns.RunLocal(ctx, o.local, o.cfg)
 		if err != nil {
-			return err
+			return unprefixed{err}
 		}
 		if o.json {
 			return writeJSON(os.Stdout, res)
@@ -216,7 +216,7 @@ func runPatterns(ctx context.Context, args []string) error {
 	}
 	res, err := patterns.Run(ctx, o.cfg)
 	if err != nil {
-		return err
+		return unprefixed{err}
 	}
 	if o.json {
 		return writeJSON(os.Stdout, res)
@@ -224,6 +224,13 @@ func runPatterns(ctx context.Context, args []string) error {
 	printResult(os.Stdout, res, o.cfg)
 	return nil
 }
+
+// unprefixed drops the package's "patterns: " prefix, as main already says
+// "vnet patterns: ".
+type unprefixed struct{ err error }
+
+func (u unprefixed) Error() string { return strings.TrimPrefix(u.err.Error(), "patterns: ") }
+func (u unprefixed) Unwrap() error { return u.err }
 
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

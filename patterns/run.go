@@ -375,6 +375,7 @@ func (r *runner) connect(outer context.Context, nbrs []int) error {
 				}
 				p := int(h.rank)
 				if err := h.check(mine); err != nil {
+					c.Write(mine.encode()) // so that the dialer sees the mismatch too
 					c.Close()
 					fail(err)
 					return
@@ -429,7 +430,7 @@ func (r *runner) connect(outer context.Context, nbrs []int) error {
 			return outer.Err()
 		}
 		if errors.Is(firstErr, context.DeadlineExceeded) {
-			return fmt.Errorf("patterns: rank %d: neighbours %v not up within %v", cfg.Rank, missing, cfg.Timeout)
+			return fmt.Errorf("patterns: rank %d: neighbours %v not up within %v (%v)", cfg.Rank, missing, cfg.Timeout, firstErr)
 		}
 		return fmt.Errorf("patterns: rank %d: set-up (waiting for %v): %w", cfg.Rank, missing, firstErr)
 	}
@@ -473,7 +474,7 @@ func (r *runner) dial(ctx context.Context, p int, mine hello) (net.Conn, error) 
 		lastErr = err
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("rank %d at %s not reachable: %v", p, addr, lastErr)
+			return nil, fmt.Errorf("rank %d at %s: %v: %w", p, addr, lastErr, ctx.Err())
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
@@ -639,9 +640,15 @@ func fill(b []byte, rank int) {
 	}
 }
 
-// stampValue is what a payload's first and last 8 bytes hold.
+// stampValue is what a payload's first and last 8 bytes hold: a hash of
+// (rank, iteration), so that every byte depends on both and even a short
+// payload's prefix tells iterations apart.
 func stampValue(rank int, it uint32) uint64 {
-	return uint64(uint32(rank))<<32 | uint64(it) ^ 0x5a5a5a5a00000000
+	z := uint64(uint32(rank))<<32 | uint64(it)
+	z += 0x9e3779b97f4a7c15 // splitmix64
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
 }
 
 // stamp writes (rank, iteration) into the first and last stampLen bytes of
