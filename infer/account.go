@@ -35,6 +35,7 @@ import (
 	"math"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -124,7 +125,14 @@ type pairState struct {
 }
 
 // Accountant counts VM traffic per directed MAC pair. Its methods are safe
-// for concurrent use.
+// for concurrent use. The appliance plugs it into the switch with a
+// three-line adapter (infer does not import bridge):
+//
+//	type observer struct{ a *infer.Accountant }
+//
+//	func (o observer) ObserveBatch(_ string, r bridge.Role, f [][]byte) {
+//		o.a.Observe(r == bridge.RoleLocal, f)
+//	}
 type Accountant struct {
 	thr      int64
 	tb       int64 // ns
@@ -148,10 +156,12 @@ type Accountant struct {
 	// counters, under mu
 	framesCounted, bytesCounted uint64
 	framesFiltered, framesRunt  uint64
-	framesGroup, framesNonLocal uint64
+	framesGroup                 uint64
 	framesTableFull             uint64
 	pairsDropped, pairsEvicted  uint64
 	reports                     uint64
+
+	framesNonLocal atomic.Uint64 // outside mu: link ports never lock
 }
 
 // NewAccountant returns an Accountant with cfg's zero fields defaulted.
@@ -213,9 +223,7 @@ func (a *Accountant) Observe(local bool, frames [][]byte) {
 		return
 	}
 	if !local {
-		a.mu.Lock()
-		a.framesNonLocal += uint64(len(frames))
-		a.mu.Unlock()
+		a.framesNonLocal.Add(uint64(len(frames))) // links: no lock
 		return
 	}
 	var (
@@ -551,7 +559,7 @@ func (a *Accountant) Stats() map[string]uint64 {
 		"frames_filtered":   a.framesFiltered,
 		"frames_runt":       a.framesRunt,
 		"frames_group":      a.framesGroup,
-		"frames_nonlocal":   a.framesNonLocal,
+		"frames_nonlocal":   a.framesNonLocal.Load(),
 		"frames_table_full": a.framesTableFull,
 		"pairs":             uint64(a.nlive),
 		"pairs_active":      activeN,
