@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"vnet/appliance"
+	"vnet/infer"
 )
 
 const ctlHelp = `
@@ -29,6 +30,11 @@ Commands:
   rules                       forwarding rules on every host
   vms                         VMs (MACs) and where they are attached
   route SRC-MAC DST-MAC       the hop-by-hop path a frame takes right now
+  matrix [--last 60s]         the VMs' traffic matrix (MB per pair), inferred from
+                              their frames (default: over the smoothing window)
+  topology [--dot]            the application's inferred topology: edges, archetype
+                              (ring, mesh, torus, hypercube, tree, all2all...)
+  events                      inference events: topology changes, quiet
   link add A B [--kind K]     open a direct fast-path link between hosts A and B
                               (udp: hole-punched through NATs where needed; tcp)
   link del A B                close it (traffic falls back to the star)
@@ -52,6 +58,8 @@ func runCtl(ctx context.Context, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON (the API's shapes) instead of tables")
 	dryRun := fs.Bool("dry-run", false, "apply: print what would change, change nothing")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on the daemon after this long")
+	last := fs.Duration("last", 0, "matrix: the last DURATION of traffic (default: the smoothed window)")
+	dot := fs.Bool("dot", false, "topology: print a Graphviz graph (edge width by traffic)")
 	kind := fs.String("kind", "", "link add: udp or tcp (default: udp when both hosts have a UDP socket, else tcp)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -98,6 +106,41 @@ func runCtl(ctx context.Context, args []string) error {
 			table(w, "MAC\tHOST\tPORT\tIPS")
 			for _, v := range vs {
 				table(w, "%s\t%s\t%s\t%s", v.MAC, v.Host, v.Port, strings.Join(v.IPs, " "))
+			}
+		})
+	case len(a) == 1 && cmd == "matrix":
+		path := "matrix"
+		if *last > 0 {
+			path += "?last=" + url.QueryEscape(last.String())
+		}
+		var m infer.Matrix
+		return c.show(path, &m, func(w io.Writer) { printMatrix(w, m) })
+	case len(a) == 1 && cmd == "topology":
+		var t infer.Topology
+		if *dot {
+			b, err := c.do(http.MethodGet, "topology", nil)
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal(b, &t); err != nil {
+				return err
+			}
+			printDot(os.Stdout, t)
+			return nil
+		}
+		return c.show("topology", &t, func(w io.Writer) { printTopology(w, t) })
+	case len(a) == 1 && cmd == "events":
+		var evs []infer.Event
+		return c.show("events", &evs, func(w io.Writer) {
+			for _, ev := range evs {
+				line := fmt.Sprintf("%d\t%s\t%s", ev.Seq, ev.At.Format("15:04:05"), ev.Kind)
+				if t := ev.Topology; t != nil {
+					line += fmt.Sprintf("\t%s (%.2f), %d nodes, %d edges", t.Archetype, t.Confidence, len(t.Nodes), len(t.Edges))
+				}
+				if ev.Note != "" {
+					line += "\t" + ev.Note
+				}
+				table(w, "%s", line)
 			}
 		})
 	case len(a) == 3 && cmd == "route":
@@ -343,4 +386,79 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// printMatrix prints the matrix as the papers' tables: MB sent per pair,
+// sources down, destinations across.
+func printMatrix(w io.Writer, m infer.Matrix) {
+	if len(m.Entries) == 0 {
+		table(w, "no VM traffic in the last %ds", m.WindowS)
+		return
+	}
+	var macs []string
+	seen := map[string]bool{}
+	cell := map[[2]string]uint64{}
+	for _, e := range m.Entries {
+		for _, x := range []string{e.Src, e.Dst} {
+			if !seen[x] {
+				seen[x] = true
+				macs = append(macs, x)
+			}
+		}
+		cell[[2]string{e.Src, e.Dst}] = e.Bytes
+	}
+	sort.Strings(macs)
+	table(w, "MB sent over the last %ds (rows: source, columns: destination)", m.WindowS)
+	head := "SRC \\ DST"
+	for _, d := range macs {
+		head += "\t" + d[9:] // the last three bytes tell VMs apart and keep the table narrow
+	}
+	table(w, "%s", head)
+	for _, s := range macs {
+		row := s
+		for _, d := range macs {
+			if b, ok := cell[[2]string{s, d}]; ok {
+				row += fmt.Sprintf("\t%.2f", float64(b)/1e6)
+			} else {
+				row += "\t-"
+			}
+		}
+		table(w, "%s", row)
+	}
+}
+
+func printTopology(w io.Writer, t infer.Topology) {
+	if len(t.Edges) == 0 {
+		table(w, "no topology inferred yet (no sustained VM traffic)")
+		return
+	}
+	arch := t.Archetype
+	if arch == "" {
+		arch = "unknown"
+	}
+	table(w, "archetype\t%s (confidence %.2f)", arch, t.Confidence)
+	if t.Hub != "" {
+		table(w, "hub\t%s", t.Hub)
+	}
+	table(w, "nodes\t%d", len(t.Nodes))
+	if !t.ChangedAt.IsZero() {
+		table(w, "since\t%s", t.ChangedAt.Format(time.RFC3339))
+	}
+	table(w, "")
+	table(w, "SRC\tDST\tMB\tWEIGHT")
+	for _, e := range t.Edges {
+		table(w, "%s\t%s\t%.2f\t%.2f", e.Src, e.Dst, float64(e.Bytes)/1e6, e.Weight)
+	}
+}
+
+// printDot prints the topology for Graphviz: `vnet ctl topology --dot | dot -Tsvg > t.svg`.
+func printDot(w io.Writer, t infer.Topology) {
+	fmt.Fprintf(w, "digraph vnet {\n  label=%q;\n  node [shape=box, fontname=monospace];\n", "vnet: "+t.Archetype)
+	for _, n := range t.Nodes {
+		fmt.Fprintf(w, "  %q;\n", n)
+	}
+	for _, e := range t.Edges {
+		fmt.Fprintf(w, "  %q -> %q [penwidth=%.1f, label=\"%.1f MB\"];\n", e.Src, e.Dst, 0.5+5*e.Weight, float64(e.Bytes)/1e6)
+	}
+	fmt.Fprintln(w, "}")
 }

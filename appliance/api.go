@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
+	"vnet/infer"
 )
 
 // maxBody bounds API request bodies (a topology file is the largest).
@@ -158,8 +160,94 @@ func (h *Host) routes() *http.ServeMux {
 		}
 		return []HostInfo{hi}, nil
 	}))
+	mux.HandleFunc("GET /api/v1/matrix", handle(func(r *http.Request) (any, error) {
+		last, err := parseLast(r)
+		if err != nil {
+			return nil, err
+		}
+		if last == 0 {
+			last = 10 * time.Second
+		}
+		return h.acct.Matrix(last), nil // this host's VMs' traffic only
+	}))
 	mux.HandleFunc("/api/v1/", handle(func(r *http.Request) (any, error) {
 		return nil, &apiError{http.StatusNotFound, fmt.Sprintf("%s %s: not served by a host; ask the proxy (vnet ctl --api PROXY-API)", r.Method, r.URL.Path)}
 	}))
 	return mux
+}
+
+// parseLast reads ?last=DURATION (e.g. 60s, 5m); zero when absent.
+func parseLast(r *http.Request) (time.Duration, error) {
+	v := r.URL.Query().Get("last")
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 || d > 24*time.Hour {
+		return 0, badRequest("last=%q: want a duration like 60s or 5m", v)
+	}
+	return d, nil
+}
+
+// serveEvents answers the inference event history as JSON (?since=SEQ), or
+// streams events live as server-sent events when the client asks for
+// text/event-stream (or ?stream=1).
+func (p *Proxy) serveEvents(w http.ResponseWriter, r *http.Request) {
+	var since uint64
+	if v := r.URL.Query().Get("since"); v != "" {
+		if _, err := fmt.Sscan(v, &since); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "since: want an event number"})
+			return
+		}
+	}
+	stream := r.URL.Query().Get("stream") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+	if !stream {
+		writeJSON(w, http.StatusOK, p.agg.Events(since))
+		return
+	}
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "streaming unsupported"})
+		return
+	}
+	ch, stop := p.agg.Subscribe()
+	defer stop()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	last := since
+	send := func(ev infer.Event) bool {
+		if ev.Seq <= last { // already sent from the history
+			return true
+		}
+		last = ev.Seq
+		b, _ := json.Marshal(ev)
+		_, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Kind, b)
+		fl.Flush()
+		return err == nil
+	}
+	for _, ev := range p.agg.Events(since) {
+		if !send(ev) {
+			return
+		}
+	}
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-p.ctx.Done():
+			return
+		case ev := <-ch:
+			if !send(ev) {
+				return
+			}
+		case <-keep.C:
+			if _, err := fmt.Fprint(w, ": keepalive\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		}
+	}
 }

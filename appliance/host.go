@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"vnet/bridge"
+	"vnet/infer"
 	"vnet/nat"
 	"vnet/tunnel"
 )
@@ -46,10 +48,11 @@ type HostConfig struct {
 	Name    string            // unique in the network; required
 	Proxies []tunnel.Endpoint // tried in order; at least one
 	Key     tunnel.Key
-	Listen  []tunnel.Endpoint // for fast links from other hosts (tcp, udp); none: tcp://:0 and udp://:0
-	STUN    []string          // extra STUN servers (host:port) besides the proxy's
-	API     string            // control API address; "" for none
-	Ports   []LocalPort       // VM-facing ports to attach
+	Listen  []tunnel.Endpoint   // for fast links from other hosts (tcp, udp); none: DefaultHostListen
+	STUN    []string            // extra STUN servers (host:port) besides the proxy's
+	API     string              // control API address; "" for none
+	Ports   []LocalPort         // VM-facing ports to attach
+	Infer   infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
 	Log     *slog.Logger
 }
 
@@ -59,6 +62,7 @@ type Host struct {
 	log      *slog.Logger
 	sw       *bridge.Switch
 	creds    *tunnel.Credentials
+	acct     *infer.Accountant
 	ln       *tunnel.Listener // TCP fast links; nil without a tcp listener
 	mux      *tunnel.UDPMux   // UDP: star, STUN and punched fast links; nil without a udp listener
 	stunc    *nat.Client
@@ -137,7 +141,8 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	if h.creds, err = tunnel.NewCredentials(cfg.Key, cfg.Name); err != nil {
 		return nil, err
 	}
-	h.sw = bridge.New(bridge.Config{Log: log})
+	h.acct = infer.NewAccountant(cfg.Infer)
+	h.sw = bridge.New(bridge.Config{Log: log, Observer: accountObserver{h.acct}})
 	cleanup = append(cleanup, h.sw.Close)
 	for _, p := range cfg.Ports {
 		if err := h.sw.AddPort(p.Name, bridge.RoleLocal, p.Port); err != nil {
@@ -168,10 +173,11 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 		}
 	}
 	log.Info("host started", "listen", h.listenAddrs(), "api", cfg.API, "ports", len(cfg.Ports))
-	h.wg.Add(3)
+	h.wg.Add(4)
 	go h.routineStar()
 	go h.routineStatus()
 	go h.routineSTUN()
+	go h.routineReport()
 	for _, a := range h.acceptors() {
 		h.wg.Add(1)
 		go h.routineAccept(a)
@@ -437,6 +443,38 @@ func (h *Host) listenAddrs() []string {
 }
 
 func (h *Host) kickStatus() { go h.sendStatus(false) }
+
+// routineReport pushes the local traffic matrix to the proxy while some VM
+// pair is active, and once more when pairs go quiet.
+func (h *Host) routineReport() {
+	defer h.wg.Done()
+	t := time.NewTicker(ReportInterval)
+	defer t.Stop()
+	var seq uint64
+	boot := rand.Uint64()
+	for {
+		select {
+		case <-h.ctx.Done():
+			return
+		case <-t.C:
+		}
+		deltas, quiet, _ := h.acct.Report()
+		if len(deltas) == 0 && len(quiet) == 0 {
+			continue
+		}
+		h.mu.Lock()
+		star := h.mu.star
+		h.mu.Unlock()
+		if star == nil {
+			continue // the proxy smooths over a window; a lost second is tolerable
+		}
+		for _, r := range reports(boot, &seq, deltas, quiet) {
+			if err := star.SendControl(encodeCtrl(&ctrlMsg{Op: opMatrix, Matrix: &r})); err != nil {
+				h.log.Debug("matrix report not sent", "err", err)
+			}
+		}
+	}
+}
 
 // routineStatus reports to the proxy and re-announces VMs on fast links.
 func (h *Host) routineStatus() {

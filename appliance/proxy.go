@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sort"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"vnet/bridge"
+	"vnet/infer"
 	"vnet/nat"
 	"vnet/topo"
 	"vnet/tunnel"
@@ -26,9 +28,11 @@ var LookupTimeout = 3 * time.Second
 type ProxyConfig struct {
 	Listen   []tunnel.Endpoint // star links from hosts; at least one
 	Key      tunnel.Key
-	API      string      // control API address; "" for none
-	StateDir string      // where desired state survives restarts; "" for none
-	Ports    []LocalPort // VM-facing ports on the proxy itself
+	API      string              // control API address; "" for none
+	StateDir string              // where desired state survives restarts; "" for none
+	Ports    []LocalPort         // VM-facing ports on the proxy itself
+	Infer    infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
+	Global   infer.GlobalConfig  // aggregation, smoothing, change detection; zero: defaults
 	Log      *slog.Logger
 }
 
@@ -38,6 +42,8 @@ type Proxy struct {
 	log       *slog.Logger
 	sw        *bridge.Switch
 	creds     *tunnel.Credentials
+	acct      *infer.Accountant
+	agg       *infer.Aggregator
 	lns       []tunnel.Acceptor
 	stun      nat.Server
 	stunPorts []uint16 // where the proxy answers STUN: its UDP link port, then a second port
@@ -97,7 +103,9 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	if p.creds, err = tunnel.NewCredentials(cfg.Key, "proxy"); err != nil {
 		return nil, err
 	}
-	p.sw = bridge.New(bridge.Config{Log: log})
+	p.acct = infer.NewAccountant(cfg.Infer)
+	p.agg = infer.NewAggregator(cfg.Global)
+	p.sw = bridge.New(bridge.Config{Log: log, Observer: accountObserver{p.acct}})
 	cleanup = append(cleanup, p.sw.Close)
 	for _, lp := range cfg.Ports {
 		if err := p.sw.AddPort(lp.Name, bridge.RoleLocal, lp.Port); err != nil {
@@ -125,6 +133,8 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 		p.wg.Add(1)
 		go p.routineAccept(ln)
 	}
+	p.wg.Add(1)
+	go p.routineInfer()
 	if cfg.API != "" {
 		log.Info("control API", "addr", p.api.addr())
 	}
@@ -344,6 +354,10 @@ func (p *Proxy) onHostControl(l *tunnel.Link, b []byte) {
 		if m.Status != nil {
 			p.onStatus(l.Peer().Name, l, *m.Status)
 		}
+	case opMatrix:
+		if r := m.Matrix; r != nil {
+			p.addReport(fmt.Sprintf("%s/%x", l.Peer().Name, r.Boot), r)
+		}
 	case opLookupOK:
 		p.mu.Lock()
 		ch := p.mu.pending[m.ID]
@@ -516,6 +530,59 @@ func (p *Proxy) pushConfigs() {
 			p.log.Debug("config not sent", "err", err)
 		}
 	}
+}
+
+// addReport merges a host's matrix report into the global matrix.
+func (p *Proxy) addReport(key string, r *matrixReport) {
+	p.agg.Add(key, r.Seq, r.Deltas)
+	var quiet []infer.Pair
+	for _, s := range r.Quiet {
+		if pr, ok := parsePair(s); ok {
+			quiet = append(quiet, pr)
+		}
+	}
+	if len(quiet) > 0 {
+		p.agg.Quiet(key, quiet)
+	}
+}
+
+// routineInfer runs the global half of inference: it adds the proxy's own
+// VMs' traffic, re-evaluates the topology every ReportInterval and logs
+// every change.
+func (p *Proxy) routineInfer() {
+	defer p.wg.Done()
+	events, stop := p.agg.Subscribe()
+	defer stop()
+	t := time.NewTicker(ReportInterval)
+	defer t.Stop()
+	var seq uint64
+	boot := fmt.Sprintf("proxy/%x", rand.Uint64())
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case ev := <-events:
+			p.logEvent(ev)
+		case <-t.C:
+			deltas, quiet, _ := p.acct.Report()
+			if len(deltas) > 0 || len(quiet) > 0 {
+				for _, r := range reports(0, &seq, deltas, quiet) {
+					p.addReport(boot, &r)
+				}
+			}
+			p.agg.Tick()
+		}
+	}
+}
+
+func (p *Proxy) logEvent(ev infer.Event) {
+	if ev.Topology == nil {
+		p.log.Info("inference: "+ev.Kind, "note", ev.Note)
+		return
+	}
+	t := ev.Topology
+	p.log.Info("inference: "+ev.Kind, "archetype", t.Archetype, "confidence", fmt.Sprintf("%.2f", t.Confidence),
+		"nodes", len(t.Nodes), "edges", len(t.Edges), "hub", t.Hub, "note", ev.Note)
 }
 
 // lookupAt asks host (or the proxy itself) what its switch would do.

@@ -359,6 +359,18 @@ func (p *Proxy) routes() *http.ServeMux {
 		}
 		return map[string]string{"removed": ri.Host + ": " + ri.Src + " " + ri.Dst + " -> " + ri.To}, p.delRule(ri)
 	}))
+	mux.HandleFunc("GET /api/v1/matrix", handle(func(r *http.Request) (any, error) {
+		last, err := parseLast(r)
+		if err != nil {
+			return nil, err
+		}
+		if last == 0 {
+			return p.agg.Smoothed(), nil
+		}
+		return p.agg.Matrix(last), nil
+	}))
+	mux.HandleFunc("GET /api/v1/topology", handle(func(*http.Request) (any, error) { return p.agg.Topology(), nil }))
+	mux.HandleFunc("GET /api/v1/events", p.serveEvents)
 	mux.HandleFunc("GET /api/v1/export", handle(func(*http.Request) (any, error) {
 		var b bytes.Buffer
 		if err := p.export().Format(&b); err != nil {

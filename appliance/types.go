@@ -125,17 +125,19 @@ const (
 	opLookup   = "lookup" // proxy -> host: lookupReq; answered by opLookupOK
 	opLookupOK = "lookup-reply"
 	opAnnounce = "announce" // host -> host over a fast link: the sender's VM MACs
+	opMatrix   = "matrix"   // host -> proxy: matrixReport, its local traffic since the last one
 )
 
 type ctrlMsg struct {
-	Op       string       `json:"op"`
-	ID       uint64       `json:"id,omitempty"`
-	Status   *hostStatus  `json:"status,omitempty"`
-	Config   *hostConfig  `json:"config,omitempty"`
-	Lookup   *lookupReq   `json:"lookup,omitempty"`
-	Decision *lookupReply `json:"decision,omitempty"`
-	MACs     []string     `json:"macs,omitempty"`
-	Error    string       `json:"error,omitempty"`
+	Op       string        `json:"op"`
+	ID       uint64        `json:"id,omitempty"`
+	Status   *hostStatus   `json:"status,omitempty"`
+	Config   *hostConfig   `json:"config,omitempty"`
+	Lookup   *lookupReq    `json:"lookup,omitempty"`
+	Decision *lookupReply  `json:"decision,omitempty"`
+	MACs     []string      `json:"macs,omitempty"`
+	Matrix   *matrixReport `json:"matrix,omitempty"`
+	Error    string        `json:"error,omitempty"`
 }
 
 // hostStatus is what a host reports about itself.

@@ -1,0 +1,163 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"vnet/bridge/netvm"
+	"vnet/infer"
+	"vnet/patterns"
+	"vnet/tunnel"
+)
+
+// vmNet runs the patterns workload inside a netstack VM.
+type vmNet struct{ vm *netvm.VM }
+
+func (v vmNet) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	return v.vm.DialTCP(ctx, ap)
+}
+
+func (v vmNet) Listen(addr string) (net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, err
+	}
+	return v.vm.ListenTCP(uint16(p))
+}
+
+// runPattern starts one rank of topo in every VM and returns a stop func.
+func (n *testNet) runPattern(topo string, port int) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var peers []string
+	for _, vm := range n.vms {
+		peers = append(peers, netip.AddrPortFrom(vm.Addr(), uint16(port)).String())
+	}
+	errs := make(chan error, len(n.vms))
+	for i, vm := range n.vms {
+		go func() {
+			_, err := patterns.Run(ctx, patterns.Config{Rank: i, Peers: peers, Topology: topo, Iters: 1 << 30,
+				Size: 32 << 10, Net: vmNet{vm.VM}, Timeout: 20 * time.Second})
+			errs <- err
+		}()
+	}
+	return func() error {
+		cancel()
+		for range n.vms {
+			if err := <-errs; err != nil && ctx.Err() == nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// TestInferenceFollowsThePattern runs the BSP workload in netstack VMs on
+// four hosts and checks that the proxy infers its topology from the frames
+// alone, then notices when the application switches pattern.
+func TestInferenceFollowsThePattern(t *testing.T) {
+	old := ReportInterval
+	ReportInterval = 100 * time.Millisecond
+	defer func() { ReportInterval = old }()
+	acct := infer.AccountConfig{TimeBound: 200 * time.Millisecond, TMax: 200 * time.Millisecond, TWait: time.Second}
+	n := newTestNetInfer(t, 4, 2, acct, infer.GlobalConfig{Window: 2 * time.Second})
+
+	waitArch := func(want string, nodes int) time.Duration {
+		start := time.Now()
+		n.waitFor("topology "+want, 30*time.Second, func() bool {
+			tp := n.proxy.agg.Topology()
+			return tp.Archetype == want && len(tp.Nodes) == nodes
+		})
+		return time.Since(start)
+	}
+	stop := n.runPattern("ring", 7100)
+	took := waitArch("ring", 8)
+	t.Logf("ring(8) inferred %v after the pattern started", took.Round(time.Millisecond))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	tp := n.proxy.agg.Topology()
+	if len(tp.Edges) != 16 { // a ring of 8, both directions
+		t.Errorf("ring edges: %d, want 16: %+v", len(tp.Edges), tp.Edges)
+	}
+
+	stop = n.runPattern("all2all", 7200)
+	took = waitArch("all2all", 8)
+	t.Logf("switch to all2all(8) detected %v after it started", took.Round(time.Millisecond))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	var changes []string
+	for _, ev := range n.proxy.agg.Events(0) {
+		if ev.Kind == "topology-change" && ev.Topology != nil {
+			changes = append(changes, ev.Topology.Archetype)
+		}
+	}
+	if len(changes) < 2 || changes[len(changes)-1] != "all2all" {
+		t.Errorf("topology changes %v, want ... ring ... all2all", changes)
+	}
+	m := n.proxy.agg.Matrix(time.Minute)
+	if len(m.Entries) < 16 {
+		t.Errorf("global matrix has %d entries", len(m.Entries))
+	}
+}
+
+// newTestNetInfer is newTestNet with inference parameters.
+func newTestNetInfer(t *testing.T, nHosts, vmsPer int, acct infer.AccountConfig, global infer.GlobalConfig) *testNet {
+	t.Helper()
+	key, _ := tunnel.GenerateKey()
+	n := &testNet{t: t, key: key, kind: "tcp", hosts: map[string]*Host{}}
+	p, err := NewProxy(ProxyConfig{Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}}, Key: key,
+		Infer: acct, Global: global})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.proxy = p
+	n.proxyEP = tunnel.Endpoint{Kind: "tcp", Addr: p.Addrs()[0]}
+	for h := 1; h <= nHosts; h++ {
+		name := fmt.Sprintf("h%d", h)
+		var ports []LocalPort
+		for v := 1; v <= vmsPer; v++ {
+			vm, err := netvm.New(netvm.Config{MAC: net.HardwareAddr{0x52, 0x54, 0, 0, byte(h), byte(v)},
+				Addr: netip.MustParsePrefix(fmt.Sprintf("10.77.0.%d/24", h*10+v))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := vm.ListenTCP(7000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.vms = append(n.vms, &testVM{VM: vm, host: name, ln: ln})
+			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm})
+		}
+		host, err := NewHost(HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: key,
+			Listen: loopback, Ports: ports, Infer: acct})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.hosts[name] = host
+	}
+	t.Cleanup(func() {
+		for _, vm := range n.vms {
+			vm.ln.Close()
+		}
+		for _, h := range n.hosts {
+			h.Close()
+		}
+		n.proxy.Close()
+	})
+	n.waitHostsUp(nHosts)
+	return n
+}
