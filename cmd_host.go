@@ -49,6 +49,7 @@ Examples:
 	qemuSockets := fs.StringArray("qemu-socket", nil, "listen on unix socket PATH for a QEMU stream netdev")
 	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
 	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
+	mkAcct := accountFlags(fs)
 	mkLog := logFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -70,7 +71,11 @@ Examples:
 	if err != nil {
 		return err
 	}
-	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log}
+	acct, err := mkAcct()
+	if err != nil {
+		return err
+	}
+	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log, Infer: acct}
 	for _, p := range *proxies {
 		ep, err := tunnel.ParseEndpoint(p)
 		if err != nil {

@@ -28,6 +28,7 @@ Examples:
 	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only); empty to disable")
 	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
+	mkAcct, mkGlobal := accountFlags(fs), globalFlags(fs)
 	mkLog := logFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -43,7 +44,11 @@ Examples:
 	if err != nil {
 		return err
 	}
-	cfg := appliance.ProxyConfig{Key: key, API: *api, StateDir: *stateDir, Log: log}
+	acct, err := mkAcct()
+	if err != nil {
+		return err
+	}
+	cfg := appliance.ProxyConfig{Key: key, API: *api, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal()}
 	for _, l := range *listen {
 		ep, err := tunnel.ParseEndpoint(l)
 		if err != nil {
