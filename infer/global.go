@@ -1,9 +1,10 @@
 package infer
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -278,15 +279,14 @@ func toMatrix(span time.Duration, m map[pairKey]pairCounts) Matrix {
 	for k, c := range m {
 		out.Entries = append(out.Entries, Entry{Src: k.src, Dst: k.dst, Bytes: c.bytes, Frames: c.frames})
 	}
-	sort.Slice(out.Entries, func(i, j int) bool {
-		a, b := out.Entries[i], out.Entries[j]
-		if a.Bytes != b.Bytes {
-			return a.Bytes > b.Bytes
+	slices.SortFunc(out.Entries, func(a, b Entry) int {
+		if c := cmp.Compare(b.Bytes, a.Bytes); c != 0 {
+			return c
 		}
-		if a.Src != b.Src {
-			return a.Src < b.Src
+		if c := strings.Compare(a.Src, b.Src); c != 0 {
+			return c
 		}
-		return a.Dst < b.Dst
+		return strings.Compare(a.Dst, b.Dst)
 	})
 	return out
 }

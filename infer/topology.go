@@ -1,7 +1,9 @@
 package infer
 
 import (
+	"cmp"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -127,15 +129,14 @@ func satAdd(a, b uint64) uint64 {
 }
 
 func sortEdges(es []Edge) {
-	sort.Slice(es, func(i, j int) bool {
-		a, b := es[i], es[j]
-		if a.Bytes != b.Bytes {
-			return a.Bytes > b.Bytes
+	slices.SortFunc(es, func(a, b Edge) int {
+		if c := cmp.Compare(b.Bytes, a.Bytes); c != 0 {
+			return c
 		}
-		if a.Src != b.Src {
-			return a.Src < b.Src
+		if c := strings.Compare(a.Src, b.Src); c != 0 {
+			return c
 		}
-		return a.Dst < b.Dst
+		return strings.Compare(a.Dst, b.Dst)
 	})
 }
 
@@ -161,11 +162,11 @@ func undirected(es []Edge) []uedge {
 		idx[k] = len(out)
 		out = append(out, uedge{a, b, float64(e.Bytes)})
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].a != out[j].a {
-			return out[i].a < out[j].a
+	slices.SortFunc(out, func(x, y uedge) int {
+		if c := strings.Compare(x.a, y.a); c != 0 {
+			return c
 		}
-		return out[i].b < out[j].b
+		return strings.Compare(x.b, y.b)
 	})
 	return out
 }
