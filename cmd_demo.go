@@ -18,6 +18,8 @@ import (
 	"vnet/appliance"
 	"vnet/bridge"
 	"vnet/bridge/netvm"
+	"vnet/infer"
+	"vnet/patterns"
 	"vnet/tunnel"
 )
 
@@ -71,6 +73,9 @@ Examples:
 	return nil
 }
 
+// demoAccount makes inference react within a second, for a short demo.
+var demoAccount = infer.AccountConfig{TimeBound: 250 * time.Millisecond, TMax: 250 * time.Millisecond, TWait: 2 * time.Second}
+
 // loopbackListen keeps the demo's hosts on loopback.
 var loopbackListen = []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}, {Kind: "udp", Addr: "127.0.0.1:0"}}
 
@@ -98,7 +103,8 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 	if err != nil {
 		return err
 	}
-	d.proxy, err = appliance.NewProxy(appliance.ProxyConfig{Key: key, API: api, Log: d.log,
+	d.proxy, err = appliance.NewProxy(appliance.ProxyConfig{Key: key, API: api, Log: d.log, Infer: demoAccount,
+		Global: infer.GlobalConfig{Window: 3 * time.Second},
 		Listen: []tunnel.Endpoint{{Kind: "udp", Addr: "127.0.0.1:0"}, {Kind: "tcp", Addr: "127.0.0.1:0"}}})
 	if err != nil {
 		return err
@@ -127,7 +133,7 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 			ports = append(ports, appliance.LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm})
 			desc = append(desc, fmt.Sprintf("%s (%s)", vm.Addr(), vm.MAC()))
 		}
-		host, err := appliance.NewHost(appliance.HostConfig{Name: name, Proxies: []tunnel.Endpoint{proxyEP}, Key: key,
+		host, err := appliance.NewHost(appliance.HostConfig{Name: name, Proxies: []tunnel.Endpoint{proxyEP}, Key: key, Infer: demoAccount,
 			Listen: loopbackListen, Ports: ports, Log: d.log})
 		if err != nil {
 			return err
@@ -297,10 +303,70 @@ func (d *demo) run(ctx context.Context) error {
 		float64(total)*8/el2.Seconds()/1e6, el.Round(time.Millisecond))
 	d.printRoute(ctx, a, b)
 
+	if err := d.inference(ctx); err != nil {
+		return err
+	}
 	// Let the hosts report their final counters.
 	time.Sleep(appliance.StatusInterval + 200*time.Millisecond)
 	d.printSummary()
 	return nil
+}
+
+// inference runs the BSP workload as a ring, then all-to-all, and shows
+// the proxy inferring each from the VMs' frames alone.
+func (d *demo) inference(ctx context.Context) error {
+	fmt.Fprintf(d.out, "\nphase 3: the VMs run the BSP workload (vnet patterns); vnet infers its topology from their frames\n")
+	for i, topo := range []string{"ring", "all2all"} {
+		var peers []string
+		for _, vm := range d.vms {
+			peers = append(peers, netip.AddrPortFrom(vm.Addr(), uint16(7100+i)).String())
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, len(d.vms))
+		start := time.Now()
+		for r, vm := range d.vms {
+			go func() {
+				_, err := patterns.Run(pctx, patterns.Config{Rank: r, Peers: peers, Topology: topo, Iters: 1 << 30,
+					Size: 32 << 10, Net: demoNet{vm.VM}, Timeout: 30 * time.Second})
+				done <- err
+			}()
+		}
+		err := d.waitFor("the "+topo+" topology", 30*time.Second, func() bool {
+			t := d.proxy.Topology()
+			return t.Archetype == topo && len(t.Nodes) == len(d.vms)
+		})
+		took := time.Since(start)
+		cancel()
+		for range d.vms {
+			<-done
+		}
+		if err != nil {
+			return err
+		}
+		t := d.proxy.Topology()
+		fmt.Fprintf(d.out, "  %-8s inferred %v after the workload started: %s, confidence %.2f, %d edges\n", topo,
+			took.Round(time.Millisecond), t.Archetype, t.Confidence, len(t.Edges))
+	}
+	return nil
+}
+
+// demoNet runs the BSP workload inside a netstack VM.
+type demoNet struct{ vm *netvm.VM }
+
+func (v demoNet) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	return v.vm.DialTCP(ctx, ap)
+}
+
+func (v demoNet) Listen(addr string) (net.Listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	return v.vm.ListenTCP(ap.Port())
 }
 
 func (d *demo) printRoute(ctx context.Context, a, b *demoVM) {

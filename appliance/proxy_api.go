@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"vnet/bridge"
+	"vnet/infer"
 	"vnet/topo"
 	"vnet/tunnel"
 )
@@ -417,6 +418,9 @@ func (p *Proxy) Route(ctx context.Context, src, dst bridge.MAC) (Route, error) {
 // AddLink asks for a fast-path link between hosts a and b; it returns the
 // link's name.
 func (p *Proxy) AddLink(a, b string) (string, error) { return p.addLink(a, b, "") }
+
+// Topology is the application topology inferred from the VMs' traffic.
+func (p *Proxy) Topology() infer.Topology { return p.agg.Topology() }
 
 // DelLink removes the fast-path link between a and b.
 func (p *Proxy) DelLink(a, b string) (string, error) { return p.delLink(a, b) }
