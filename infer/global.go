@@ -139,18 +139,25 @@ type Aggregator struct {
 	buckets []secBucket
 	seen    map[string]map[uint64]time.Time // host → seq → when
 	quiet   map[pairKey]time.Time           // pairs reported quiet, until they talk again
-	stats   AggregatorStats
+	// win is the running sum of the buckets of seconds ≥ win.lo (Window
+	// long once advanced to now), so a Tick costs O(pairs in the window),
+	// not O(pairs × seconds).
+	win struct {
+		lo  int64
+		sum map[pairKey]pairCounts
+	}
+	stats AggregatorStats
 
 	active bool // the last Tick saw traffic
 	decl   struct {
 		has  bool // a topology is declared and traffic has not gone quiet since
 		topo Topology
-		sig  string
+		sig  uint64
 		ref  map[pairKey]float64 // its pruned matrix, normalised to sum 1
 	}
 	everDeclared bool
 	cand         struct {
-		sig   string
+		sig   uint64
 		since time.Time
 		ticks int
 	}
@@ -170,7 +177,11 @@ func NewAggregator(cfg GlobalConfig) *Aggregator {
 		seen:    map[string]map[uint64]time.Time{},
 		quiet:   map[pairKey]time.Time{},
 		nextSeq: 1,
-		subs:    map[*subscriber]struct{}{},
+		win: struct {
+			lo  int64
+			sum map[pairKey]pairCounts
+		}{lo: cfg.Now().Unix() - windowSecs(cfg.Window) + 1, sum: map[pairKey]pairCounts{}},
+		subs: map[*subscriber]struct{}{},
 	}
 }
 
@@ -203,7 +214,9 @@ func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) {
 	}
 	seen[seq] = now
 	g.stats.Reports++
-	b := g.bucketLocked(now.Unix())
+	sec := now.Unix()
+	g.advanceLocked(sec)
+	b := g.bucketLocked(sec)
 	for _, e := range deltas {
 		if e.Bytes == 0 && e.Frames == 0 {
 			continue
@@ -213,9 +226,15 @@ func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) {
 			continue
 		}
 		c := b.pairs[k]
-		c.bytes = satAdd(c.bytes, e.Bytes)
-		c.frames = satAdd(c.frames, e.Frames)
+		c.bytes += e.Bytes
+		c.frames += e.Frames
 		b.pairs[k] = c
+		if sec >= g.win.lo {
+			w := g.win.sum[k]
+			w.bytes += e.Bytes
+			w.frames += e.Frames
+			g.win.sum[k] = w
+		}
 		if e.Bytes > 0 {
 			delete(g.quiet, k)
 		}
@@ -243,6 +262,57 @@ func (g *Aggregator) bucketLocked(sec int64) *secBucket {
 		b.pairs = make(map[pairKey]pairCounts, len(b.pairs))
 	}
 	return b
+}
+
+func windowSecs(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
+
+// advanceLocked moves the running window sum to end at second now:
+// buckets that left the window are subtracted (or, after a long gap, the
+// sum is rebuilt). A clock that went backwards leaves it alone.
+func (g *Aggregator) advanceLocked(now int64) {
+	lo := now - windowSecs(g.cfg.Window) + 1
+	if lo <= g.win.lo {
+		return
+	}
+	if lo-g.win.lo > windowSecs(g.cfg.Window) {
+		g.win.sum = g.sumLocked(time.Unix(now, 0), g.cfg.Window, false)
+		g.win.lo = lo
+		return
+	}
+	n := int64(len(g.buckets))
+	for s := g.win.lo; s < lo; s++ {
+		b := &g.buckets[((s%n)+n)%n]
+		if b.sec != s {
+			continue
+		}
+		for k, c := range b.pairs {
+			w := g.win.sum[k]
+			w.bytes -= c.bytes
+			w.frames -= c.frames
+			if w.bytes == 0 && w.frames == 0 {
+				delete(g.win.sum, k)
+			} else {
+				g.win.sum[k] = w
+			}
+		}
+	}
+	g.win.lo = lo
+}
+
+// windowLocked returns the smoothed sum at now, without quiet pairs.
+func (g *Aggregator) windowLocked(now time.Time) map[pairKey]pairCounts {
+	sec := now.Unix()
+	if sec-windowSecs(g.cfg.Window)+1 < g.win.lo {
+		return g.sumLocked(now, g.cfg.Window, true) // clock went backwards
+	}
+	g.advanceLocked(sec)
+	out := make(map[pairKey]pairCounts, len(g.win.sum))
+	for k, c := range g.win.sum {
+		if _, q := g.quiet[k]; !q {
+			out[k] = c
+		}
+	}
+	return out
 }
 
 // sumLocked adds the buckets of the seconds in (now-span, now].
@@ -314,7 +384,7 @@ func (g *Aggregator) Smoothed() Matrix {
 	now := g.cfg.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return toMatrix(g.cfg.Window, g.sumLocked(now, g.cfg.Window, true))
+	return toMatrix(g.cfg.Window, g.windowLocked(now))
 }
 
 // Topology returns the last declared topology (the zero Topology, with
@@ -353,7 +423,7 @@ func (g *Aggregator) Tick() {
 	now := g.cfg.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	sm := toMatrix(g.cfg.Window, g.sumLocked(now, g.cfg.Window, true))
+	sm := toMatrix(g.cfg.Window, g.windowLocked(now))
 	for k, at := range g.quiet {
 		if now.Sub(at) > g.cfg.Keep {
 			delete(g.quiet, k)
@@ -363,7 +433,7 @@ func (g *Aggregator) Tick() {
 		if g.active {
 			g.active = false
 			g.decl.has = false
-			g.cand.sig, g.cand.ticks = "", 0
+			g.cand.sig, g.cand.ticks = 0, 0
 			g.emitLocked(Event{At: now, Kind: EventQuiet, Note: "all traffic stopped"})
 		}
 		return

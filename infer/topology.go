@@ -162,13 +162,7 @@ func undirected(es []Edge) []uedge {
 		idx[k] = len(out)
 		out = append(out, uedge{a, b, float64(e.Bytes)})
 	}
-	slices.SortFunc(out, func(x, y uedge) int {
-		if c := strings.Compare(x.a, y.a); c != 0 {
-			return c
-		}
-		return strings.Compare(x.b, y.b)
-	})
-	return out
+	return out // in the order of es; recognition does not care
 }
 
 func nodesOf(und []uedge) []string {
@@ -275,17 +269,44 @@ func hubOf(es []Edge) string {
 }
 
 // signature identifies a topology's structure: archetype, hub and the
-// undirected edge set; weights do not count.
-func signature(t Topology) string {
-	var b strings.Builder
-	b.WriteString(t.Archetype)
-	b.WriteByte('|')
-	b.WriteString(t.Hub)
-	for _, e := range undirected(t.Edges) {
-		b.WriteByte('|')
-		b.WriteString(e.a)
-		b.WriteByte('-')
-		b.WriteString(e.b)
+// undirected edge set; weights do not count. The edge set is hashed
+// order-independently (a sum of per-edge FNV-1a hashes), so no sort.
+func signature(t Topology) uint64 {
+	sig := fnv(fnv(fnvOffset, t.Archetype), "|"+t.Hub)
+	seen := make(map[pairKey]struct{}, len(t.Edges))
+	for _, e := range t.Edges {
+		a, b := e.Src, e.Dst
+		if a > b {
+			a, b = b, a
+		}
+		k := pairKey{a, b}
+		if _, ok := seen[k]; ok {
+			continue
+		}
+		seen[k] = struct{}{}
+		h := fnv(fnv(fnvOffset, a), "-")
+		sig += mix(fnv(h, b))
 	}
-	return b.String()
+	return sig
+}
+
+const fnvOffset = 14695981039346656037
+
+func fnv(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// mix is a 64-bit finaliser (splitmix64), so sums of edge hashes do not
+// cancel structurally.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
