@@ -50,6 +50,7 @@ Examples:
 	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
 	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
 	mkAcct := accountFlags(fs)
+	noInfer := fs.Bool("no-infer", false, "do not account VM traffic (no inference; to measure what it costs)")
 	mkLog := logFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -75,7 +76,7 @@ Examples:
 	if err != nil {
 		return err
 	}
-	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log, Infer: acct}
+	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer}
 	for _, p := range *proxies {
 		ep, err := tunnel.ParseEndpoint(p)
 		if err != nil {

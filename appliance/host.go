@@ -53,6 +53,7 @@ type HostConfig struct {
 	API     string              // control API address; "" for none
 	Ports   []LocalPort         // VM-facing ports to attach
 	Infer   infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
+	NoInfer bool                // count nothing (to measure what accounting costs)
 	Log     *slog.Logger
 }
 
@@ -142,7 +143,11 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 		return nil, err
 	}
 	h.acct = infer.NewAccountant(cfg.Infer)
-	h.sw = bridge.New(bridge.Config{Log: log, Observer: accountObserver{h.acct}})
+	var obs bridge.Observer = accountObserver{h.acct}
+	if cfg.NoInfer {
+		obs = nil
+	}
+	h.sw = bridge.New(bridge.Config{Log: log, Observer: obs})
 	cleanup = append(cleanup, h.sw.Close)
 	for _, p := range cfg.Ports {
 		if err := h.sw.AddPort(p.Name, bridge.RoleLocal, p.Port); err != nil {
