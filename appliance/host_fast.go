@@ -40,6 +40,11 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 		}
 		start := time.Now()
 		link, via, err := h.dialFast(ctx, fl)
+		if link == nil && errors.Is(err, tunnel.ErrRefused) {
+			// The peer has not heard of the link yet: not a failed path.
+			h.sleepCtx(ctx, bo.Next())
+			continue
+		}
 		if link == nil {
 			h.mu.Lock()
 			h.mu.fails[name]++
@@ -85,17 +90,28 @@ func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, string,
 	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: fl.Name}
 	var errs []error
 	if fl.Kind == "udp" && h.mux != nil && len(fl.Addrs) > 0 {
-		dctx, cancel := context.WithTimeout(ctx, PunchTimeout)
-		l, err := h.mux.Dial(dctx, parseAddrPorts(fl.Addrs), hello, h.log, h.onFastControl)
-		cancel()
-		if err == nil {
-			via := "direct"
-			if r := addrString(l.RemoteAddr()); slices.Contains(fl.Reflexive, r) || h.behindNAT() {
-				via = "punched"
+		// The peer may refuse at first: the proxy tells both ends about a
+		// new link at about the same time, and we may be first. Ask again
+		// until the punch time is up rather than fall back to TCP at once.
+		deadline := time.Now().Add(PunchTimeout)
+		for {
+			dctx, cancel := context.WithDeadline(ctx, deadline)
+			l, err := h.mux.Dial(dctx, parseAddrPorts(fl.Addrs), hello, h.log, h.onFastControl)
+			cancel()
+			if err == nil {
+				via := "direct"
+				if r := addrString(l.RemoteAddr()); slices.Contains(fl.Reflexive, r) || h.behindNAT() {
+					via = "punched"
+				}
+				return l, via, nil
 			}
-			return l, via, nil
+			if errors.Is(err, tunnel.ErrRefused) && time.Now().Add(100*time.Millisecond).Before(deadline) {
+				h.sleepCtx(ctx, 100*time.Millisecond)
+				continue
+			}
+			errs = append(errs, fmt.Errorf("udp: %w", err))
+			break
 		}
-		errs = append(errs, fmt.Errorf("udp: %w", err))
 	}
 	tcp := fl.TCPAddrs
 	if fl.Kind != "udp" {

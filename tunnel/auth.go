@@ -25,6 +25,10 @@ const serverName = "vnet"
 // ErrAuth marks a failed authentication: the peer does not hold our key.
 var ErrAuth = errors.New("authentication failed")
 
+// ErrRefused marks a peer that authenticated but declined the link (its
+// Hello carried an error), e.g. a fast link it was not told about yet.
+var ErrRefused = errors.New("refused")
+
 // Credentials are a daemon's TLS identity: a leaf certificate signed by the
 // CA that the network key determines.
 type Credentials struct {

@@ -123,7 +123,7 @@ func Dial(ctx context.Context, ep Endpoint, creds *Credentials, hello Hello, log
 		return fail(classifyTLSError(err))
 	}
 	if peer.Error != "" {
-		return fail(fmt.Errorf("refused by %s: %s", peer.Name, peer.Error))
+		return fail(fmt.Errorf("%w by %s: %s", ErrRefused, peer.Name, peer.Error))
 	}
 	conn.SetDeadline(time.Time{})
 	return newLink(newStreamTransport(conn, br), peer, log, h), nil

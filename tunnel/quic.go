@@ -369,7 +369,7 @@ func DialQUIC(ctx context.Context, addr string, creds *Credentials, hello Hello,
 	}
 	if peer.Error != "" {
 		conn.CloseWithError(quicCodeRefused, "refused")
-		return nil, fmt.Errorf("refused by %s: %s", peer.Name, peer.Error)
+		return nil, fmt.Errorf("%w by %s: %s", ErrRefused, peer.Name, peer.Error)
 	}
 	stream.SetDeadline(time.Time{})
 	return newLink(newQUICTransport(conn, stream, br), peer, log, h), nil

@@ -296,7 +296,7 @@ func (m *UDPMux) handleResponse(b []byte, from netip.AddrPort) {
 	case peer.Version != WireVersion:
 		res.err = fmt.Errorf("peer speaks link protocol version %d, we speak %d", peer.Version, WireVersion)
 	case peer.Error != "":
-		res.err = fmt.Errorf("refused by %s: %s", peer.Name, peer.Error)
+		res.err = fmt.Errorf("%w by %s: %s", ErrRefused, peer.Name, peer.Error)
 	default:
 		s, err := m.addSession(d.idx, sender, from, cs1.UnsafeKey(), cs2.UnsafeKey())
 		if err != nil {
