@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"vnet/appliance"
-	"vnet/bridge"
 	"vnet/tunnel"
 )
 
@@ -77,7 +76,5 @@ func closePorts(ports []appliance.LocalPort) {
 		p.Port.Close()
 	}
 }
-
-var _ bridge.Port = (*tunnel.Link)(nil)
 
 func portErr(flag, arg string, err error) error { return fmt.Errorf("%s %s: %w", flag, arg, err) }
