@@ -578,3 +578,11 @@ func (g *Aggregator) Stats() AggregatorStats {
 	s.Subscribers = len(g.subs)
 	return s
 }
+
+// Note records an event from outside inference (e.g. an adaptation action)
+// in the same history and live stream, so API clients see one timeline.
+func (g *Aggregator) Note(kind, note string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.emitLocked(Event{At: g.cfg.Now(), Kind: kind, Note: note})
+}
