@@ -44,7 +44,8 @@
 // migrated plan is kept only if its objective beats the plan without migration.
 //
 // Improve: simulated annealing from a given plan over link sets (add, remove, swap a link)
-// and, with Migrate, placements (move a VM, swap two VMs), staying within budget and
+// and, with Migrate, placements (move a VM, swap two VMs, swap the VMs of two hosts; a
+// placement move also tries greedy links for the new placement), staying within budget and
 // capacity; it returns the best state seen, and never anything worse than its input.
 //
 // Exact: brute force over every link set within budget (and every placement within capacity

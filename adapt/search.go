@@ -59,18 +59,32 @@ func Improve(in Input, p Plan, iters int, seed uint64) Plan {
 			if nhost[v] < 0 {
 				continue
 			}
-			if rng.IntN(2) == 0 { // move
+			switch rng.IntN(3) {
+			case 0: // move
 				h := rng.IntN(n)
 				if h == nhost[v] || (m.cap > 0 && load[h] >= m.cap) {
 					continue
 				}
 				nhost[v] = h
-			} else { // swap
+			case 1: // swap two VMs
 				w := rng.IntN(len(m.vms))
 				if nhost[w] < 0 || nhost[w] == nhost[v] {
 					continue
 				}
 				nhost[v], nhost[w] = nhost[w], nhost[v]
+			default: // swap the VMs of two hosts (keeps groups together)
+				a, b := nhost[v], rng.IntN(n)
+				if a == b {
+					continue
+				}
+				for i, h := range nhost {
+					switch h {
+					case a:
+						nhost[i] = b
+					case b:
+						nhost[i] = a
+					}
+				}
 			}
 		} else {
 			nadj = append([]bool(nil), adj...)
@@ -102,10 +116,19 @@ func Improve(in Input, p Plan, iters int, seed uint64) Plan {
 		if moved {
 			nhd, _ = m.hostDemand(nhost)
 		}
-		if !m.feasible(nadj, nhd) {
+		obj := inf
+		if m.feasible(nadj, nhd) {
+			obj = m.route(nadj, nhost).obj
+		}
+		if moved { // the links may no longer suit the placement: also try greedy links for it
+			gadj, _ := m.greedyLinks(nhost)
+			if o := m.route(gadj, nhost).obj; o < obj {
+				nadj, obj = gadj, o
+			}
+		}
+		if math.IsInf(obj, 1) {
 			continue
 		}
-		obj := m.route(nadj, nhost).obj
 		if d := obj - curObj; d <= 0 || rng.Float64() < math.Exp(-d/temp) {
 			if moved {
 				for i := range load {
