@@ -34,7 +34,9 @@ Commands:
                               their frames (default: over the smoothing window)
   topology [--dot]            the application's inferred topology: edges, archetype
                               (ring, mesh, torus, hypercube, tree, all2all...)
-  events                      inference events: topology changes, quiet
+  events                      inference events: topology changes, quiet, adaptation
+  plan                        what the adaptation controller would do now, and why
+                              (a dry run; the proxy applies it with --adapt)
   link add A B [--kind K]     open a direct fast-path link between hosts A and B
                               (udp: hole-punched through NATs where needed; tcp)
   link del A B                close it (traffic falls back to the star)
@@ -129,6 +131,27 @@ func runCtl(ctx context.Context, args []string) error {
 			return nil
 		}
 		return c.show("topology", &t, func(w io.Writer) { printTopology(w, t) })
+	case len(a) == 1 && cmd == "plan":
+		var pr appliance.PlanResult
+		return c.show("plan", &pr, func(w io.Writer) {
+			table(w, "objective\t%.4g now, %.4g planned", pr.Current, pr.Objective)
+			table(w, "links\t%s", strings.Join(pr.Links, " "))
+			if pr.Note != "" {
+				table(w, "note\t%s", pr.Note)
+			}
+			for _, r := range pr.Reasons {
+				table(w, "why\t%s", r)
+			}
+			for _, ch := range pr.Changes {
+				table(w, "would apply\t%s", ch)
+			}
+			for _, ch := range pr.Held {
+				table(w, "held\t%s", ch)
+			}
+			if len(pr.Changes) == 0 && len(pr.Held) == 0 {
+				table(w, "changes\tnone")
+			}
+		})
 	case len(a) == 1 && cmd == "events":
 		var evs []infer.Event
 		return c.show("events", &evs, func(w io.Writer) {

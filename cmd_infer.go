@@ -5,6 +5,8 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"vnet/adapt"
+	"vnet/appliance"
 	"vnet/infer"
 )
 
@@ -42,5 +44,23 @@ func globalFlags(fs *pflag.FlagSet) func() infer.GlobalConfig {
 	bmin := fs.Float64("infer-bmin", 0.1, "entries below this share of the largest are not edges of the topology")
 	return func() infer.GlobalConfig {
 		return infer.GlobalConfig{Window: *window, Threshold: *thr, BMin: *bmin}
+	}
+}
+
+// adaptFlags adds the proxy's flags of the adaptation controller.
+func adaptFlags(fs *pflag.FlagSet) func() appliance.AdaptConfig {
+	on := fs.Bool("adapt", false, "adapt the overlay to the inferred traffic: add and remove fast paths and rules by itself")
+	interval := fs.Duration("adapt-interval", 10*time.Second, "re-plan at least this often (and on every topology change)")
+	window := fs.Duration("adapt-window", 30*time.Second, "plan for the traffic of this last window")
+	perHost := fs.Int("adapt-max-links-per-host", 3, "budget: fast paths per host (0: no limit)")
+	total := fs.Int("adapt-max-links", 0, "budget: fast paths in all (0: no limit)")
+	share := fs.Float64("adapt-share", 0.9, "budget: stop adding fast paths once this share of inter-host traffic is on them")
+	dwell := fs.Duration("adapt-dwell", 30*time.Second, "a fast path stays at least this long (damping)")
+	hyst := fs.Float64("adapt-hysteresis", 0.05, "apply a new plan only if it improves the objective by this share (damping)")
+	rate := fs.Int("adapt-max-changes", 20, "apply at most this many changes per minute (damping)")
+	return func() appliance.AdaptConfig {
+		return appliance.AdaptConfig{Enabled: *on, Interval: *interval, Window: *window,
+			Budget: adapt.Budget{MaxLinks: *total, MaxPerHost: *perHost, Share: *share},
+			Damp:   adapt.DampConfig{MinDwell: *dwell, Hysteresis: *hyst, MaxChangesPerMinute: *rate}}
 	}
 }

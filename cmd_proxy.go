@@ -28,6 +28,7 @@ Examples:
 	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
 	mkAcct, mkGlobal := accountFlags(fs), globalFlags(fs)
+	mkAdapt := adaptFlags(fs)
 	mkLog := logFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -47,7 +48,8 @@ Examples:
 	if err != nil {
 		return err
 	}
-	cfg := appliance.ProxyConfig{Key: key, API: *api, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal()}
+	cfg := appliance.ProxyConfig{Key: key, API: *api, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal(),
+		Adapt: mkAdapt()}
 	for _, l := range *listen {
 		ep, err := tunnel.ParseEndpoint(l)
 		if err != nil {

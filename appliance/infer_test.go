@@ -115,12 +115,16 @@ func TestInferenceFollowsThePattern(t *testing.T) {
 }
 
 // newTestNetInfer is newTestNet with inference parameters.
-func newTestNetInfer(t *testing.T, nHosts, vmsPer int, acct infer.AccountConfig, global infer.GlobalConfig) *testNet {
+func newTestNetInfer(t *testing.T, nHosts, vmsPer int, acct infer.AccountConfig, global infer.GlobalConfig,
+	opts ...func(*ProxyConfig)) *testNet {
 	t.Helper()
 	key, _ := tunnel.GenerateKey()
 	n := &testNet{t: t, key: key, kind: "tcp", hosts: map[string]*Host{}}
-	p, err := NewProxy(ProxyConfig{Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}}, Key: key,
-		Infer: acct, Global: global})
+	pc := ProxyConfig{Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}}, Key: key, Infer: acct, Global: global}
+	for _, o := range opts {
+		o(&pc)
+	}
+	p, err := NewProxy(pc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"vnet/adapt"
 	"vnet/bridge"
 	"vnet/infer"
 	"vnet/nat"
@@ -33,6 +34,7 @@ type ProxyConfig struct {
 	Ports    []LocalPort         // VM-facing ports on the proxy itself
 	Infer    infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
 	Global   infer.GlobalConfig  // aggregation, smoothing, change detection; zero: defaults
+	Adapt    AdaptConfig         // the adaptation controller; off unless Enabled
 	Log      *slog.Logger
 }
 
@@ -44,6 +46,7 @@ type Proxy struct {
 	creds     *tunnel.Credentials
 	acct      *infer.Accountant
 	agg       *infer.Aggregator
+	damper    *adapt.Damper
 	lns       []tunnel.Acceptor
 	stun      nat.Server
 	stunPorts []uint16 // where the proxy answers STUN: its UDP link port, then a second port
@@ -105,6 +108,7 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	}
 	p.acct = infer.NewAccountant(cfg.Infer)
 	p.agg = infer.NewAggregator(cfg.Global)
+	p.damper = adapt.NewDamper(cfg.Adapt.withDefaults().Damp)
 	p.sw = bridge.New(bridge.Config{Log: log, Observer: accountObserver{p.acct}})
 	cleanup = append(cleanup, p.sw.Close)
 	for _, lp := range cfg.Ports {
@@ -555,14 +559,24 @@ func (p *Proxy) routineInfer() {
 	defer stop()
 	t := time.NewTicker(ReportInterval)
 	defer t.Stop()
+	acfg := p.cfg.Adapt.withDefaults()
+	replan := time.NewTicker(acfg.Interval)
+	defer replan.Stop()
 	var seq uint64
 	boot := fmt.Sprintf("proxy/%x", rand.Uint64())
 	for {
 		select {
 		case <-p.ctx.Done():
 			return
+		case <-replan.C:
+			if acfg.Enabled {
+				p.adaptOnce("periodic re-plan")
+			}
 		case ev := <-events:
 			p.logEvent(ev)
+			if acfg.Enabled && ev.Kind == infer.EventTopologyChange && ev.Topology != nil {
+				p.adaptOnce(fmt.Sprintf("topology change to %s", ev.Topology.Archetype))
+			}
 		case <-t.C:
 			deltas, quiet, _ := p.acct.Report()
 			if len(deltas) > 0 || len(quiet) > 0 {

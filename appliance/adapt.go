@@ -1,0 +1,196 @@
+package appliance
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"vnet/adapt"
+	"vnet/bridge"
+	"vnet/topo"
+)
+
+// AdaptConfig configures the adaptation controller (`vnet proxy --adapt`).
+type AdaptConfig struct {
+	Enabled  bool
+	Interval time.Duration // re-plan at least this often (default 10 s), and on every topology change
+	Window   time.Duration // traffic the plan is made for: the last Window of the global matrix (default 30 s)
+	Budget   adapt.Budget
+	Damp     adapt.DampConfig
+}
+
+func (c AdaptConfig) withDefaults() AdaptConfig {
+	if c.Interval <= 0 {
+		c.Interval = 10 * time.Second
+	}
+	if c.Window <= 0 {
+		c.Window = 30 * time.Second
+	}
+	if c.Budget == (adapt.Budget{}) {
+		c.Budget = adapt.Budget{MaxPerHost: 3, Share: 0.9}
+	}
+	if c.Damp == (adapt.DampConfig{}) {
+		c.Damp = adapt.DampConfig{MinDwell: 30 * time.Second, Hysteresis: 0.05, MaxChangesPerMinute: 20}
+	}
+	return c
+}
+
+// PlanResult is the answer to `vnet ctl plan`: what the controller would do
+// now, and why.
+type PlanResult struct {
+	Objective float64  `json:"objective"`
+	Current   float64  `json:"current_objective"`
+	Links     []string `json:"links"`
+	Changes   []string `json:"changes"`
+	Held      []string `json:"held,omitempty"`
+	Reasons   []string `json:"reasons"`
+	Note      string   `json:"note,omitempty"`
+}
+
+// adaptInput gathers the planner's input from the live state.
+func (p *Proxy) adaptInput(cfg AdaptConfig) (adapt.Input, adapt.Plan) {
+	in := adapt.Input{Proxy: topo.ProxyHost, Placement: map[string]string{}, StarCost: map[string]adapt.Cost{},
+		Costs: map[adapt.HostPair]adapt.Cost{}, Budget: cfg.Budget}
+	for _, vm := range p.vms() {
+		in.Placement[vm.MAC] = vm.Host
+	}
+	p.mu.Lock()
+	for _, name := range sortedKeys(p.mu.hosts) {
+		rec := p.mu.hosts[name]
+		if rec.link == nil {
+			continue
+		}
+		in.Hosts = append(in.Hosts, name)
+		in.StarCost[name] = adapt.Cost{RTT: rec.link.RTT()}
+		for _, l := range rec.status.Links {
+			if l.State == "up" && l.Via != "relayed" && l.RTTus > 0 {
+				in.Costs[adapt.Pair(l.A, l.B)] = adapt.Cost{RTT: time.Duration(l.RTTus) * time.Microsecond}
+			}
+		}
+	}
+	cur := adapt.Plan{Placement: in.Placement}
+	for _, n := range sortedKeys(p.mu.links) {
+		l := p.mu.links[n]
+		in.Links = append(in.Links, adapt.Pair(l.A, l.B))
+		cur.Links = append(cur.Links, adapt.Pair(l.A, l.B))
+	}
+	for _, h := range sortedKeys(p.mu.rules) {
+		for _, r := range p.mu.rules[h] {
+			cur.Rules = append(cur.Rules, adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()})
+		}
+	}
+	p.mu.Unlock()
+	for _, e := range p.agg.Matrix(cfg.Window).Entries {
+		in.Demands = append(in.Demands, adapt.Demand{Src: e.Src, Dst: e.Dst, Bytes: float64(e.Bytes)})
+	}
+	return in, cur
+}
+
+// plan computes the desired state for the traffic of the last window.
+func (p *Proxy) plan(cfg AdaptConfig) (adapt.Input, adapt.Plan, adapt.Plan) {
+	in, cur := p.adaptInput(cfg)
+	if len(in.Demands) == 0 || len(in.Hosts) < 2 {
+		return in, cur, cur
+	}
+	// The damper compares objectives for the same, current demands.
+	cur.Objective = adapt.Evaluate(in, cur.Links, in.Placement)
+	desired := adapt.Improve(in, adapt.Greedy(in), 200, uint64(time.Now().UnixNano()))
+	desired.Placement = in.Placement // VMs are not moved: migration is planned, not applied
+	return in, cur, desired
+}
+
+// planResult is the dry run behind `vnet ctl plan`.
+func (p *Proxy) planResult() PlanResult {
+	cfg := p.cfg.Adapt.withDefaults()
+	in, cur, desired := p.plan(cfg)
+	res := PlanResult{Objective: desired.Objective, Current: cur.Objective,
+		Changes: []string{}, Reasons: desired.Reasons}
+	for _, l := range desired.Links {
+		res.Links = append(res.Links, l.Name())
+	}
+	if len(in.Demands) == 0 {
+		res.Note = "no VM traffic in the last " + cfg.Window.String() + ": nothing to plan for"
+	}
+	apply, held, why := p.damper.Filter(time.Now(), cur, desired)
+	for _, c := range apply {
+		res.Changes = append(res.Changes, changeString(c))
+	}
+	for _, c := range held {
+		res.Held = append(res.Held, changeString(c))
+	}
+	if why != "" {
+		res.Note = why
+	}
+	return res
+}
+
+func changeString(c adapt.Change) string {
+	s := c.Op
+	switch {
+	case c.Link != nil:
+		s += " " + c.Link.Name()
+	case c.Rule != nil:
+		s += fmt.Sprintf(" %s: %s %s -> %s", c.Rule.Host, c.Rule.Src, c.Rule.Dst, c.Rule.To)
+	case c.VM != "":
+		s += fmt.Sprintf(" %s %s -> %s", c.VM, c.From, c.To)
+	}
+	if c.Reason != "" {
+		s += "  (" + c.Reason + ")"
+	}
+	return s
+}
+
+// adaptOnce plans and applies what the damper lets through.
+func (p *Proxy) adaptOnce(trigger string) {
+	cfg := p.cfg.Adapt.withDefaults()
+	_, cur, want := p.plan(cfg)
+	apply, held, why := p.damper.Filter(time.Now(), cur, want)
+	if len(apply) == 0 {
+		if len(held) > 0 {
+			p.log.Debug("adapt: changes held", "n", len(held), "why", why)
+		}
+		return
+	}
+	err := p.change(func(d *desired) error {
+		for _, c := range apply {
+			switch {
+			case c.Op == "add-link" && c.Link != nil:
+				d.links[c.Link.Name()] = topo.Link{A: c.Link.A, B: c.Link.B}
+			case c.Op == "del-link" && c.Link != nil:
+				delete(d.links, c.Link.Name())
+			case c.Op == "add-rule" && c.Rule != nil:
+				r, err := bridge.ParseRule(c.Rule.Src, c.Rule.Dst, c.Rule.To)
+				if err != nil {
+					return err
+				}
+				if !slices.Contains(d.rules[c.Rule.Host], r) {
+					d.rules[c.Rule.Host] = append(d.rules[c.Rule.Host], r)
+				}
+			case c.Op == "del-rule" && c.Rule != nil:
+				r, err := bridge.ParseRule(c.Rule.Src, c.Rule.Dst, c.Rule.To)
+				if err != nil {
+					return err
+				}
+				if i := slices.Index(d.rules[c.Rule.Host], r); i >= 0 {
+					d.rules[c.Rule.Host] = slices.Delete(d.rules[c.Rule.Host], i, i+1)
+				}
+			}
+		}
+		// Rules through links that are going away go too.
+		for h, rs := range d.rules {
+			d.rules[h] = slices.DeleteFunc(rs, func(r bridge.Rule) bool {
+				_, ok := d.links[r.To.Name]
+				return r.To.Kind == bridge.TargetLink && !ok && r.To.Name != StarLinkName(h) && h != topo.ProxyHost
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		p.log.Warn("adapt: plan not applied", "err", err)
+		return
+	}
+	for _, c := range apply {
+		p.log.Info("adapt: "+changeString(c), "trigger", trigger)
+		p.agg.Note("adapt", changeString(c)+" — "+trigger)
+	}
+}
