@@ -68,6 +68,18 @@ func (p *Proxy) adaptInput(cfg AdaptConfig) (adapt.Input, adapt.Plan) {
 			}
 		}
 	}
+	// A relayed fast path is the star under another name: price it as two
+	// star hops, so the planner expects no gain from it.
+	for _, name := range sortedKeys(p.mu.hosts) {
+		for _, l := range p.mu.hosts[name].status.Links {
+			if l.Via == "relayed" {
+				a, b := p.mu.hosts[l.A], p.mu.hosts[l.B]
+				if a != nil && b != nil && a.link != nil && b.link != nil {
+					in.Costs[adapt.Pair(l.A, l.B)] = adapt.Cost{RTT: a.link.RTT() + b.link.RTT(), Mbps: 1}
+				}
+			}
+		}
+	}
 	cur := adapt.Plan{Placement: in.Placement}
 	for _, n := range sortedKeys(p.mu.links) {
 		l := p.mu.links[n]
