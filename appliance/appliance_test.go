@@ -38,7 +38,7 @@ type testVM struct {
 }
 
 type testNet struct {
-	t       *testing.T
+	t       testing.TB
 	key     tunnel.Key
 	kind    string
 	proxy   *Proxy

@@ -392,7 +392,7 @@ func (h *Host) applyConfig(c hostConfig) {
 		// The accepting end of a UDP link opens its NAT towards the dialer
 		// while the dialer tries (the config is re-sent every few seconds
 		// while the link is down, so this repeats).
-		if !fl.Dial && fl.Kind == "udp" && h.mux != nil && h.mu.fast[name] == nil && len(fl.Punch) > 0 {
+		if !fl.Dial && h.mux != nil && h.mu.fast[name] == nil && len(fl.Punch) > 0 {
 			h.mux.Punch(parseAddrPorts(fl.Punch), PunchTimeout)
 		}
 	}

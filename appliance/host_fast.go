@@ -83,41 +83,67 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 	}
 }
 
-// dialFast tries once to open fl: over UDP to the peer's candidates (all at
-// once, so a NAT mapping opened by the peer's punches lets us in), then over
-// TCP. It says how the link was made.
+// dialFast tries once to open fl, in the kind the proxy prefers first and
+// then the other: over UDP to the peer's candidates (all at once, so a NAT
+// mapping opened by the peer's punches lets us in), over TCP to each of its
+// TCP candidates. It says how the link was made.
 func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, string, error) {
 	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: fl.Name}
+	order := []string{"tcp", "udp"}
+	if fl.Kind == "udp" {
+		order = []string{"udp", "tcp"}
+	}
 	var errs []error
-	if fl.Kind == "udp" && h.mux != nil && len(fl.Addrs) > 0 {
-		// The peer may refuse at first: the proxy tells both ends about a
-		// new link at about the same time, and we may be first. Ask again
-		// until the punch time is up rather than fall back to TCP at once.
-		deadline := time.Now().Add(PunchTimeout)
-		for {
-			dctx, cancel := context.WithDeadline(ctx, deadline)
-			l, err := h.mux.Dial(dctx, parseAddrPorts(fl.Addrs), hello, h.log, h.onFastControl)
-			cancel()
-			if err == nil {
-				via := "direct"
-				if r := addrString(l.RemoteAddr()); slices.Contains(fl.Reflexive, r) || h.behindNAT() {
-					via = "punched"
-				}
-				return l, via, nil
-			}
-			if errors.Is(err, tunnel.ErrRefused) && time.Now().Add(100*time.Millisecond).Before(deadline) {
-				h.sleepCtx(ctx, 100*time.Millisecond)
-				continue
-			}
-			errs = append(errs, fmt.Errorf("udp: %w", err))
-			break
+	for _, kind := range order {
+		var l *tunnel.Link
+		var via string
+		var err error
+		switch {
+		case kind == "udp" && h.mux != nil && len(fl.UDPAddrs) > 0:
+			l, via, err = h.dialFastUDP(ctx, fl, hello)
+		case kind == "tcp" && len(fl.TCPAddrs) > 0:
+			l, via, err = h.dialFastTCP(ctx, fl, hello)
+		default:
+			continue
 		}
+		if err == nil {
+			return l, via, nil
+		}
+		errs = append(errs, err)
 	}
-	tcp := fl.TCPAddrs
-	if fl.Kind != "udp" {
-		tcp = fl.Addrs
+	if len(errs) == 0 {
+		return nil, "", fmt.Errorf("no address known for %s yet", fl.Peer)
 	}
-	for _, addr := range tcp {
+	return nil, "", errors.Join(errs...)
+}
+
+func (h *Host) dialFastUDP(ctx context.Context, fl fastLink, hello tunnel.Hello) (*tunnel.Link, string, error) {
+	// The peer may refuse at first: the proxy tells both ends about a new
+	// link at about the same time, and we may be first. Ask again until the
+	// punch time is up rather than give up at once.
+	deadline := time.Now().Add(PunchTimeout)
+	for {
+		dctx, cancel := context.WithDeadline(ctx, deadline)
+		l, err := h.mux.Dial(dctx, parseAddrPorts(fl.UDPAddrs), hello, h.log, h.onFastControl)
+		cancel()
+		if err == nil {
+			via := "direct"
+			if r := addrString(l.RemoteAddr()); slices.Contains(fl.Reflexive, r) || h.behindNAT() {
+				via = "punched"
+			}
+			return l, via, nil
+		}
+		if errors.Is(err, tunnel.ErrRefused) && time.Now().Add(100*time.Millisecond).Before(deadline) {
+			h.sleepCtx(ctx, 100*time.Millisecond)
+			continue
+		}
+		return nil, "", fmt.Errorf("udp: %w", err)
+	}
+}
+
+func (h *Host) dialFastTCP(ctx context.Context, fl fastLink, hello tunnel.Hello) (*tunnel.Link, string, error) {
+	var errs []error
+	for _, addr := range fl.TCPAddrs {
 		dctx, cancel := context.WithTimeout(ctx, FastDialTimeout)
 		l, err := tunnel.Dial(dctx, tunnel.Endpoint{Kind: "tcp", Addr: addr}, h.creds, hello, h.log, h.onFastControl)
 		cancel()
@@ -125,9 +151,6 @@ func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, string,
 			return l, "direct", nil
 		}
 		errs = append(errs, fmt.Errorf("tcp %s: %w", addr, err))
-	}
-	if len(errs) == 0 {
-		return nil, "", fmt.Errorf("no address known for %s yet", fl.Peer)
 	}
 	return nil, "", errors.Join(errs...)
 }

@@ -115,7 +115,7 @@ func TestInferenceFollowsThePattern(t *testing.T) {
 }
 
 // newTestNetInfer is newTestNet with inference parameters.
-func newTestNetInfer(t *testing.T, nHosts, vmsPer int, acct infer.AccountConfig, global infer.GlobalConfig,
+func newTestNetInfer(t testing.TB, nHosts, vmsPer int, acct infer.AccountConfig, global infer.GlobalConfig,
 	opts ...func(*ProxyConfig)) *testNet {
 	t.Helper()
 	key, _ := tunnel.GenerateKey()

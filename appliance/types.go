@@ -157,11 +157,11 @@ type hostStatus struct {
 type fastLink struct {
 	Name      string   `json:"name"`
 	Peer      string   `json:"peer"`
-	Kind      string   `json:"kind"`                // "udp" (punched if need be) or "tcp"
+	Kind      string   `json:"kind"`                // the kind tried first: "udp" (punched if need be) or "tcp"
 	Dial      bool     `json:"dial"`                // this host dials; the peer accepts
-	Addrs     []string `json:"addrs,omitempty"`     // the peer's UDP candidates (dialer), or TCP ones for kind tcp
-	TCPAddrs  []string `json:"tcp_addrs,omitempty"` // the peer's TCP candidates: the dialer's fallback
-	Reflexive []string `json:"reflexive,omitempty"` // which of Addrs are the peer's NAT mappings
+	UDPAddrs  []string `json:"udp_addrs,omitempty"` // the peer's UDP candidates (dialer)
+	TCPAddrs  []string `json:"tcp_addrs,omitempty"` // the peer's TCP candidates (dialer)
+	Reflexive []string `json:"reflexive,omitempty"` // which of UDPAddrs are the peer's NAT mappings
 	Punch     []string `json:"punch,omitempty"`     // the dialer's UDP candidates (acceptor): open our NAT towards them
 }
 
