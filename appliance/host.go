@@ -348,10 +348,14 @@ func (h *Host) applyConfig(c hostConfig) {
 	if err != nil {
 		h.log.Warn("proxy sent rules that do not parse; ignoring them", "err", err)
 	}
-	if err := h.sw.SetRules(rules); err != nil {
-		h.log.Warn("cannot install rules", "err", err)
-	} else {
-		h.log.Debug("rules installed", "n", len(rules))
+	// Only on change: the config is re-sent every few seconds, and a new
+	// rule set flushes every port's decision cache.
+	if !slices.Equal(h.sw.Rules(), rules) {
+		if err := h.sw.SetRules(rules); err != nil {
+			h.log.Warn("cannot install rules", "err", err)
+		} else {
+			h.log.Info("rules installed", "n", len(rules))
+		}
 	}
 	want := map[string]fastLink{}
 	for _, fl := range c.Links {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -538,8 +539,11 @@ func (p *Proxy) pushConfigs() {
 	}
 	rules := p.mu.rules[topo.ProxyHost]
 	p.mu.Unlock()
-	if err := p.sw.SetRules(rules); err != nil {
-		p.log.Warn("cannot install the proxy's rules", "err", err)
+	// Only on change: a new rule set flushes every port's decision cache.
+	if !slices.Equal(p.sw.Rules(), rules) {
+		if err := p.sw.SetRules(rules); err != nil {
+			p.log.Warn("cannot install the proxy's rules", "err", err)
+		}
 	}
 	for _, s := range sends {
 		if err := s.link.SendControl(s.msg); err != nil {
