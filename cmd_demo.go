@@ -327,7 +327,7 @@ func (d *demo) inference(ctx context.Context) error {
 		for r, vm := range d.vms {
 			go func() {
 				_, err := patterns.Run(pctx, patterns.Config{Rank: r, Peers: peers, Topology: topo, Iters: 1 << 30,
-					Size: 32 << 10, Net: demoNet{vm.VM}, Timeout: 30 * time.Second})
+					Size: 32 << 10, Net: vm.VM, Timeout: 30 * time.Second})
 				done <- err
 			}()
 		}
@@ -348,25 +348,6 @@ func (d *demo) inference(ctx context.Context) error {
 			took.Round(time.Millisecond), t.Archetype, t.Confidence, len(t.Edges))
 	}
 	return nil
-}
-
-// demoNet runs the BSP workload inside a netstack VM.
-type demoNet struct{ vm *netvm.VM }
-
-func (v demoNet) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	return v.vm.DialTCP(ctx, ap)
-}
-
-func (v demoNet) Listen(addr string) (net.Listener, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	return v.vm.ListenTCP(ap.Port())
 }
 
 func (d *demo) printRoute(ctx context.Context, a, b *demoVM) {

@@ -24,7 +24,7 @@ func ringRate(tb testing.TB, n *testNet, port, iters int) float64 {
 	for i, vm := range n.vms {
 		go func() {
 			r, err := patterns.Run(context.Background(), patterns.Config{Rank: i, Peers: peers, Topology: "ring",
-				Iters: iters, Size: 256 << 10, Net: vmNet{vm.VM}, Timeout: 30 * time.Second})
+				Iters: iters, Size: 256 << 10, Net: vm.VM, Timeout: 30 * time.Second})
 			if err != nil {
 				errs <- err
 				return

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"testing"
 	"time"
 
@@ -14,29 +13,6 @@ import (
 	"vnet/patterns"
 	"vnet/tunnel"
 )
-
-// vmNet runs the patterns workload inside a netstack VM.
-type vmNet struct{ vm *netvm.VM }
-
-func (v vmNet) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	return v.vm.DialTCP(ctx, ap)
-}
-
-func (v vmNet) Listen(addr string) (net.Listener, error) {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil {
-		return nil, err
-	}
-	return v.vm.ListenTCP(uint16(p))
-}
 
 // runPattern starts one rank of topo in every VM and returns a stop func.
 func (n *testNet) runPattern(topo string, port int) (stop func() error) {
@@ -49,7 +25,7 @@ func (n *testNet) runPattern(topo string, port int) (stop func() error) {
 	for i, vm := range n.vms {
 		go func() {
 			_, err := patterns.Run(ctx, patterns.Config{Rank: i, Peers: peers, Topology: topo, Iters: 1 << 30,
-				Size: 32 << 10, Net: vmNet{vm.VM}, Timeout: 20 * time.Second})
+				Size: 32 << 10, Net: vm.VM, Timeout: 20 * time.Second})
 			errs <- err
 		}()
 	}

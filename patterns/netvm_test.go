@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"testing"
 	"time"
 
@@ -13,29 +12,6 @@ import (
 	"vnet/bridge/netvm"
 	"vnet/patterns"
 )
-
-// vmNet is patterns.Net inside one netstack VM.
-type vmNet struct{ vm *netvm.VM }
-
-func (v vmNet) Dial(ctx context.Context, addr string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	return v.vm.DialTCP(ctx, ap)
-}
-
-func (v vmNet) Listen(addr string) (net.Listener, error) {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	p, err := strconv.ParseUint(port, 10, 16)
-	if err != nil {
-		return nil, err
-	}
-	return v.vm.ListenTCP(uint16(p))
-}
 
 // TestRunNetstackVMs runs a 2x2 torus with one rank in each of four
 // netstack VMs on one vnet switch: the workload over vnet's own data path.
@@ -61,7 +37,7 @@ func TestRunNetstackVMs(t *testing.T) {
 			t.Fatal(err)
 		}
 		peers[i] = fmt.Sprintf("10.9.0.%d:7000", i+1)
-		nets[i] = vmNet{vm}
+		nets[i] = vm
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

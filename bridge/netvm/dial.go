@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -168,4 +169,29 @@ func (v *VM) remote(a netip.Addr, port uint16) (tcpip.FullAddress, error) {
 
 func (v *VM) local(port uint16) tcpip.FullAddress {
 	return tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(v.prefix.Addr()), Port: port}
+}
+
+// Dial connects over TCP to addr ("IP:port") from inside the VM. With Listen
+// it lets code written against address strings (such as the patterns
+// workload's Net) run inside the VM.
+func (v *VM) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("netvm dial %q: %w", addr, err)
+	}
+	return v.DialTCP(ctx, ap)
+}
+
+// Listen listens for TCP on addr's port ("host:port"; the host part is
+// ignored: the VM has one address).
+func (v *VM) Listen(addr string) (net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("netvm listen %q: %w", addr, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("netvm listen %q: bad port", addr)
+	}
+	return v.ListenTCP(uint16(p))
 }
