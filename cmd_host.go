@@ -77,19 +77,11 @@ Examples:
 		return err
 	}
 	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer}
-	for _, p := range *proxies {
-		ep, err := tunnel.ParseEndpoint(p)
-		if err != nil {
-			return usageErr("--proxy: %v", err)
-		}
-		cfg.Proxies = append(cfg.Proxies, ep)
+	if cfg.Proxies, err = parseEndpoints("--proxy", *proxies); err != nil {
+		return err
 	}
-	for _, l := range *listen {
-		ep, err := tunnel.ParseEndpoint(l)
-		if err != nil {
-			return usageErr("--listen: %v", err)
-		}
-		cfg.Listen = append(cfg.Listen, ep)
+	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
+		return err
 	}
 	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, log)
 	if err != nil {

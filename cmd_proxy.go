@@ -50,12 +50,8 @@ Examples:
 	}
 	cfg := appliance.ProxyConfig{Key: key, API: *api, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal(),
 		Adapt: mkAdapt()}
-	for _, l := range *listen {
-		ep, err := tunnel.ParseEndpoint(l)
-		if err != nil {
-			return usageErr("--listen: %v", err)
-		}
-		cfg.Listen = append(cfg.Listen, ep)
+	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
+		return err
 	}
 	ports, err := openPorts(*taps, nil, nil, nil, log)
 	if err != nil {
@@ -77,6 +73,19 @@ func closePorts(ports []appliance.LocalPort) {
 	for _, p := range ports {
 		p.Port.Close()
 	}
+}
+
+// parseEndpoints parses the URLs given to flag.
+func parseEndpoints(flag string, urls []string) ([]tunnel.Endpoint, error) {
+	var eps []tunnel.Endpoint
+	for _, u := range urls {
+		ep, err := tunnel.ParseEndpoint(u)
+		if err != nil {
+			return nil, usageErr("%s: %v", flag, err)
+		}
+		eps = append(eps, ep)
+	}
+	return eps, nil
 }
 
 func portErr(flag, arg string, err error) error { return fmt.Errorf("%s %s: %w", flag, arg, err) }
