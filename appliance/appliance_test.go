@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"vnet/bridge/netvm"
+	"vnet/infer"
 	"vnet/tunnel"
 )
 
@@ -59,6 +60,16 @@ func newTestNetKind(t *testing.T, kind string, nHosts, vmsPer int) *testNet {
 	key, _ := tunnel.GenerateKey()
 	n := &testNet{t: t, key: key, kind: kind, hosts: map[string]*Host{}}
 	n.startProxy(nil)
+	n.addHosts(nHosts, vmsPer, infer.AccountConfig{})
+	return n
+}
+
+// addHosts starts nHosts hosts on loopback with vmsPer netstack VMs each
+// (each VM serves an echo on port 7000), joined to n's proxy, arranges
+// their cleanup and waits until every host is up.
+func (n *testNet) addHosts(nHosts, vmsPer int, acct infer.AccountConfig) {
+	t := n.t
+	t.Helper()
 	for h := 1; h <= nHosts; h++ {
 		name := fmt.Sprintf("h%d", h)
 		var ports []LocalPort
@@ -78,8 +89,8 @@ func newTestNetKind(t *testing.T, kind string, nHosts, vmsPer int) *testNet {
 			n.vms = append(n.vms, &testVM{VM: vm, host: name, ln: ln})
 			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm})
 		}
-		host, err := NewHost(HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: key,
-			Listen: loopback, Ports: ports})
+		host, err := NewHost(HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: n.key,
+			Listen: loopback, Ports: ports, Infer: acct})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,7 +106,6 @@ func newTestNetKind(t *testing.T, kind string, nHosts, vmsPer int) *testNet {
 		n.proxy.Close()
 	})
 	n.waitHostsUp(nHosts)
-	return n
 }
 
 // startProxy starts a proxy listening on tcp, udp and quic, on the given

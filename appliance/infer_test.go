@@ -2,13 +2,10 @@ package appliance
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
 
-	"vnet/bridge/netvm"
 	"vnet/infer"
 	"vnet/patterns"
 	"vnet/tunnel"
@@ -106,38 +103,6 @@ func newTestNetInfer(t testing.TB, nHosts, vmsPer int, acct infer.AccountConfig,
 	}
 	n.proxy = p
 	n.proxyEP = tunnel.Endpoint{Kind: "tcp", Addr: p.Addrs()[0]}
-	for h := 1; h <= nHosts; h++ {
-		name := fmt.Sprintf("h%d", h)
-		var ports []LocalPort
-		for v := 1; v <= vmsPer; v++ {
-			vm, err := netvm.New(netvm.Config{MAC: net.HardwareAddr{0x52, 0x54, 0, 0, byte(h), byte(v)},
-				Addr: netip.MustParsePrefix(fmt.Sprintf("10.77.0.%d/24", h*10+v))})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ln, err := vm.ListenTCP(7000)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n.vms = append(n.vms, &testVM{VM: vm, host: name, ln: ln})
-			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm})
-		}
-		host, err := NewHost(HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: key,
-			Listen: loopback, Ports: ports, Infer: acct})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.hosts[name] = host
-	}
-	t.Cleanup(func() {
-		for _, vm := range n.vms {
-			vm.ln.Close()
-		}
-		for _, h := range n.hosts {
-			h.Close()
-		}
-		n.proxy.Close()
-	})
-	n.waitHostsUp(nHosts)
+	n.addHosts(nHosts, vmsPer, acct)
 	return n
 }
