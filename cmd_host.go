@@ -51,6 +51,9 @@ Examples:
 	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
 	mkAcct := accountFlags(fs)
 	noInfer := fs.Bool("no-infer", false, "do not account VM traffic (no inference; to measure what it costs)")
+	reportEvery := fs.Duration("infer-report-interval", appliance.ReportInterval, "push active VM pairs' traffic to the proxy this often\n"+
+		"(VTTIF's update rate; a pair that turns active is reported at once anyway; shorter: a steadier\n"+
+		"global matrix for a little more control traffic)")
 	mkLog := logFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -76,7 +79,8 @@ Examples:
 	if err != nil {
 		return err
 	}
-	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer}
+	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer,
+		ReportInterval: *reportEvery}
 	if cfg.Proxies, err = parseEndpoints("--proxy", *proxies); err != nil {
 		return err
 	}

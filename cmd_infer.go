@@ -42,8 +42,10 @@ func globalFlags(fs *pflag.FlagSet) func() infer.GlobalConfig {
 	thr := fs.Float64("infer-threshold", 0.3, "a topology change is declared when the smoothed, normalised matrix moves\n"+
 		"this far (0..1) from the last declared one (lower: more sensitive, may flap)")
 	bmin := fs.Float64("infer-bmin", 0.1, "entries below this share of the largest are not edges of the topology")
+	settle := fs.Duration("infer-settle", infer.DefaultSettle, "a new topology is declared once it has been seen unchanged this long\n"+
+		"(shorter: faster, but may declare a pattern before every host has reported it)")
 	return func() infer.GlobalConfig {
-		return infer.GlobalConfig{Window: *window, Threshold: *thr, BMin: *bmin}
+		return infer.GlobalConfig{Window: *window, Threshold: *thr, BMin: *bmin, Settle: *settle}
 	}
 }
 

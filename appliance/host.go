@@ -54,7 +54,10 @@ type HostConfig struct {
 	Ports   []LocalPort         // VM-facing ports to attach
 	Infer   infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
 	NoInfer bool                // count nothing (to measure what accounting costs)
-	Log     *slog.Logger
+	// ReportInterval is how often the host pushes active pairs' traffic
+	// (VTTIF's update rate); zero: the package's ReportInterval.
+	ReportInterval time.Duration
+	Log            *slog.Logger
 }
 
 // Host is a running host daemon.
@@ -454,19 +457,30 @@ func (h *Host) listenAddrs() []string {
 func (h *Host) kickStatus() { go h.sendStatus(false) }
 
 // routineReport pushes the local traffic matrix to the proxy while some VM
-// pair is active, and once more when pairs go quiet.
+// pair is active (every report interval), at once when a pair turns active
+// (so a new pattern is seen about TMax after it starts, not up to an
+// interval later), and once more when pairs go quiet.
 func (h *Host) routineReport() {
 	defer h.wg.Done()
-	t := time.NewTicker(ReportInterval)
+	every := h.cfg.ReportInterval
+	if every <= 0 {
+		every = ReportInterval
+	}
+	t := time.NewTicker(min(ReportPoll, every))
 	defer t.Stop()
 	var seq uint64
 	boot := rand.Uint64()
+	last := time.Now()
 	for {
 		select {
 		case <-h.ctx.Done():
 			return
 		case <-t.C:
 		}
+		if time.Since(last) < every && !h.acct.Due() {
+			continue
+		}
+		last = time.Now()
 		deltas, quiet, _ := h.acct.Report()
 		if len(deltas) == 0 && len(quiet) == 0 {
 			continue

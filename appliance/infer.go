@@ -11,6 +11,15 @@ import (
 // proxy while some VM pair is active (VTTIF's update rate).
 var ReportInterval = time.Second
 
+// ReportPoll is how often a host checks whether a pair just turned active,
+// to report it at once rather than at the next interval.
+var ReportPoll = 50 * time.Millisecond
+
+// retickGap is the least time between two evaluations of the global
+// topology that host reports trigger (each costs milliseconds for tens
+// of VMs; many hosts report within one gap).
+const retickGap = 25 * time.Millisecond
+
 // maxEntriesPerMsg keeps one matrix report under a UDP link's control limit.
 const maxEntriesPerMsg = 400
 

@@ -3,6 +3,7 @@ package appliance
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -105,4 +106,45 @@ func newTestNetInfer(t testing.TB, nHosts, vmsPer int, acct infer.AccountConfig,
 	n.proxyEP = tunnel.Endpoint{Kind: "tcp", Addr: p.Addrs()[0]}
 	n.addHosts(nHosts, vmsPer, acct)
 	return n
+}
+
+// BenchmarkTimeToTopology measures, with the default inference parameters,
+// how long the proxy takes to name the pattern the VMs run: from the start
+// of a ring over 8 netstack VMs on 4 hosts (the network idle before) to the
+// proxy's topology being that ring, and from the switch to all-to-all to
+// the proxy naming all-to-all. Each iteration starts a fresh network.
+//
+//	go test ./appliance -run XXX -bench TimeToTopology -benchtime 5x
+func BenchmarkTimeToTopology(b *testing.B) {
+	var ring, switched []float64
+	for i := 0; i < b.N; i++ {
+		n := newTestNetInfer(b, 4, 2, infer.AccountConfig{}, infer.GlobalConfig{})
+		inferred := func(want string, edges int) float64 {
+			start := time.Now()
+			n.waitFor("topology "+want, 30*time.Second, func() bool {
+				tp := n.proxy.agg.Topology()
+				return tp.Archetype == want && len(tp.Nodes) == 8 && len(tp.Edges) == edges
+			})
+			return time.Since(start).Seconds()
+		}
+		stop := n.runPattern("ring", 7100)
+		ring = append(ring, inferred("ring", 16))
+		if err := stop(); err != nil {
+			b.Fatal(err)
+		}
+		stop = n.runPattern("all2all", 7200)
+		switched = append(switched, inferred("all2all", 56))
+		if err := stop(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(median(ring), "ring-s")
+	b.ReportMetric(median(switched), "switch-s")
+	b.ReportMetric(0, "ns/op")
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

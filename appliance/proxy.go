@@ -53,6 +53,7 @@ type Proxy struct {
 	stunPorts []uint16 // where the proxy answers STUN: its UDP link port, then a second port
 	api       *apiServer
 	start     time.Time
+	reported  chan struct{} // a host reported new pairs or quiet ones: re-evaluate soon
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -89,7 +90,7 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 		return nil, errors.New("no --listen endpoint")
 	}
 	log := discardIfNil(cfg.Log).With("host", "proxy")
-	p := &Proxy{cfg: cfg, log: log, start: time.Now()}
+	p := &Proxy{cfg: cfg, log: log, start: time.Now(), reported: make(chan struct{}, 1)}
 	p.mu.hosts = map[string]*hostRec{}
 	p.mu.links = map[string]topo.Link{}
 	p.mu.rules = map[string][]bridge.Rule{}
@@ -554,7 +555,7 @@ func (p *Proxy) pushConfigs() {
 
 // addReport merges a host's matrix report into the global matrix.
 func (p *Proxy) addReport(key string, r *matrixReport) {
-	p.agg.Add(key, r.Seq, r.Deltas)
+	fresh := p.agg.Add(key, r.Seq, r.Deltas)
 	var quiet []infer.Pair
 	for _, s := range r.Quiet {
 		if pr, ok := parsePair(s); ok {
@@ -564,17 +565,51 @@ func (p *Proxy) addReport(key string, r *matrixReport) {
 	if len(quiet) > 0 {
 		p.agg.Quiet(key, quiet)
 	}
+	if !fresh && len(quiet) == 0 {
+		return // the same pairs: the periodic tick will do
+	}
+	select {
+	case p.reported <- struct{}{}:
+	default:
+	}
 }
 
 // routineInfer runs the global half of inference: it adds the proxy's own
-// VMs' traffic, re-evaluates the topology every ReportInterval and logs
-// every change.
+// VMs' traffic, re-evaluates the topology every ReportInterval, soon after
+// a host reports a pair new to the window or gone quiet (at most every
+// retickGap) and when a new structure has settled, and logs every change.
 func (p *Proxy) routineInfer() {
 	defer p.wg.Done()
 	events, stop := p.agg.Subscribe()
 	defer stop()
 	t := time.NewTicker(ReportInterval)
 	defer t.Stop()
+	retick := time.NewTimer(time.Hour)
+	defer retick.Stop()
+	var lastTick, retickAt time.Time
+	// tick evaluates now and arms retick for when the aggregator wants
+	// to look again.
+	tick := func() {
+		lastTick = time.Now()
+		if again := p.agg.Tick(); again > 0 {
+			at := lastTick.Add(again)
+			if retickAt.IsZero() || at.Before(retickAt) {
+				retickAt = at
+				retick.Reset(again)
+			}
+		}
+	}
+	soon := func() { // a report arrived
+		at := lastTick.Add(retickGap)
+		if !time.Now().Before(at) {
+			tick()
+			return
+		}
+		if retickAt.IsZero() || at.Before(retickAt) {
+			retickAt = at
+			retick.Reset(time.Until(at))
+		}
+	}
 	acfg := p.cfg.Adapt.withDefaults()
 	replan := time.NewTicker(acfg.Interval)
 	defer replan.Stop()
@@ -600,7 +635,12 @@ func (p *Proxy) routineInfer() {
 					p.addReport(boot, &r)
 				}
 			}
-			p.agg.Tick()
+			tick()
+		case <-p.reported:
+			soon()
+		case <-retick.C:
+			retickAt = time.Time{}
+			tick()
 		}
 	}
 }

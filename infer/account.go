@@ -43,7 +43,7 @@ import (
 const (
 	DefaultByteThreshold  = 10 << 10
 	DefaultTimeBound      = time.Second
-	DefaultTMax           = time.Second
+	DefaultTMax           = 250 * time.Millisecond
 	DefaultTWait          = 5 * time.Second
 	DefaultAccountHistory = time.Hour
 	DefaultMaxPairs       = 65536
@@ -67,8 +67,9 @@ type AccountConfig struct {
 	// TimeBound is the rate window of the trigger (default 1 s).
 	TimeBound time.Duration
 	// TMax: after this long hot without a cold window in between, the pair
-	// is active and reported (default 1 s). Shorter reacts faster; longer
-	// ignores short bursts.
+	// is active and reported (default 250 ms; the research system used
+	// about a second). Shorter reacts faster; longer ignores short bursts
+	// (a burst that outlives TMax costs a few small reports, no more).
 	TMax time.Duration
 	// TWait: after this long without a hot window, an active pair is
 	// reported quiet (default 5 s). Shorter forgets finished phases sooner
@@ -152,6 +153,9 @@ type Accountant struct {
 	secRing  [secSlots]slot
 	minRing  []slot
 	lastFull int64 // second of the last sweep forced by a full table
+	// due is the earliest time (ns) a triggered pair may turn active, 0 if
+	// none is pending: Due answers from it without a sweep of the pairs.
+	due int64
 
 	// counters, under mu
 	framesCounted, bytesCounted uint64
@@ -338,8 +342,12 @@ func (a *Accountant) apply(agg []batchCell, filtered, runt, group uint64) {
 		p.winBytes += int64(min64(c.bytes, math.MaxInt64/2))
 		if p.winBytes >= a.thr {
 			p.lastHot = now
-			if p.state == stCold {
+			switch p.state {
+			case stCold:
 				p.state, p.hotSince = stTriggered, now
+				a.noteDue(now + a.tmax)
+			case stTriggered: // hot again: it may turn active at the next Report
+				a.noteDue(max(p.hotSince+a.tmax, now))
 			}
 		}
 	}
@@ -498,6 +506,7 @@ func (a *Accountant) Report() (deltas []Entry, quiet []Pair, active bool) {
 	defer a.mu.Unlock()
 	a.reports++
 	now := a.clock()
+	a.due = 0
 	for i := range a.pairs {
 		p := &a.pairs[i]
 		if !p.live {
@@ -512,6 +521,8 @@ func (a *Accountant) Report() (deltas []Entry, quiet []Pair, active bool) {
 			if now-p.hotSince >= a.tmax && now-p.lastHot < a.tb {
 				p.state = stActive
 				emit = true
+			} else if d := p.hotSince + a.tmax; d > now {
+				a.noteDue(d)
 			}
 		case stActive:
 			emit = true
@@ -532,6 +543,25 @@ func (a *Accountant) Report() (deltas []Entry, quiet []Pair, active bool) {
 	sortEntries(deltas)
 	sort.Slice(quiet, func(i, j int) bool { return pairLess(quiet[i], quiet[j]) })
 	return deltas, quiet, active
+}
+
+// Due says whether a Report now may carry news the proxy has not had: a
+// pair that has been hot for TMax and turns active. The host polls it
+// often (it costs a lock and a comparison) and reports at once instead of
+// at its next periodic push, so a new pattern reaches the proxy about TMax
+// after it starts. It may say yes once in vain, for a pair that went cold
+// again.
+func (a *Accountant) Due() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.due != 0 && a.clock() >= a.due
+}
+
+// noteDue lowers due to t. mu held.
+func (a *Accountant) noteDue(t int64) {
+	if a.due == 0 || t < a.due {
+		a.due = t
+	}
 }
 
 // Stats returns counters: frames and bytes counted, frames filtered (by

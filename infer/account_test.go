@@ -245,7 +245,7 @@ func TestAccountHistoryExpiry(t *testing.T) {
 // trigger test configuration: 10 KiB within 1 s, TMax 1 s, TWait 5 s.
 func TestAccountTrigger(t *testing.T) {
 	clk := newClock()
-	a := NewAccountant(AccountConfig{Now: clk.Now})
+	a := NewAccountant(AccountConfig{TMax: time.Second, Now: clk.Now})
 	A, B := vm(1), vm(2)
 	fed := uint64(0) // bytes since the previous Report
 	fedFrames := uint64(0)
@@ -330,10 +330,55 @@ func TestAccountTrigger(t *testing.T) {
 	}
 }
 
+// TestAccountDue: Due turns true once a hot pair has been hot for TMax,
+// so the host can report it at once, and false again after the Report
+// that makes it active; a pair that went cold leaves Due false.
+func TestAccountDue(t *testing.T) {
+	clk := newClock()
+	a := NewAccountant(AccountConfig{TMax: 250 * time.Millisecond, Now: clk.Now})
+	A, B, C := vm(1), vm(2), vm(3)
+	a.Report() // the host's periodic call: starts the delta interval
+	if a.Due() {
+		t.Fatal("due with no traffic")
+	}
+	step := func(src MAC, n int) {
+		for range n {
+			clk.Add(50 * time.Millisecond)
+			a.Observe(true, [][]byte{frame(src, B, etherIPv4, 4000)})
+		}
+	}
+	step(A, 4) // hot from the 3rd frame (12 KB), 100 ms before the clock
+	if a.Due() {
+		t.Fatal("due before TMax")
+	}
+	step(A, 4)
+	if !a.Due() {
+		t.Fatal("not due after TMax of sustained traffic")
+	}
+	d, _, act := a.Report()
+	if !act || len(d) != 1 || d[0].Src != A.String() || d[0].Bytes != 8*4000 {
+		t.Fatalf("report when due: %+v active %v", d, act)
+	}
+	if a.Due() {
+		t.Fatal("still due after the report")
+	}
+	// C: one hot burst, then silence past TimeBound: cold again, not due.
+	step(C, 3)
+	clk.Add(2 * time.Second)
+	if a.Due() {
+		if d, _, _ := a.Report(); len(d) != 0 && d[0].Src == C.String() {
+			t.Fatalf("a burst shorter than TMax was reported: %+v", d)
+		}
+	}
+	if a.Due() {
+		t.Fatal("due after a burst went cold")
+	}
+}
+
 func TestAccountTriggerBurst(t *testing.T) {
 	// 20 KB within 0.5 s, then silence: hot, but never for TMax.
 	clk := newClock()
-	a := NewAccountant(AccountConfig{Now: clk.Now})
+	a := NewAccountant(AccountConfig{TMax: time.Second, Now: clk.Now})
 	A, B := vm(1), vm(2)
 	for i := 0; i < 5; i++ {
 		clk.Add(100 * time.Millisecond)

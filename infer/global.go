@@ -16,7 +16,7 @@ const (
 	DefaultThreshold = 0.3
 	DefaultBMin      = 0.1
 	DefaultHistory   = 256
-	DefaultSettle    = time.Second
+	DefaultSettle    = 200 * time.Millisecond
 	// DefaultKeep is how much per-second history the Aggregator keeps for
 	// Matrix(last).
 	DefaultKeep = time.Hour
@@ -25,6 +25,8 @@ const (
 	dedupTTL = 2 * time.Minute
 	// subscriberBuffer is the channel capacity of a Subscribe stream.
 	subscriberBuffer = 64
+	// minRetick is the shortest re-evaluation delay Tick asks for.
+	minRetick = 10 * time.Millisecond
 )
 
 // Event kinds.
@@ -53,9 +55,11 @@ type GlobalConfig struct {
 	History int
 	// Settle is how long a new structure (archetype, hub, edge set) must be
 	// seen unchanged, over at least two ticks, before it can be declared
-	// (default 1 s, about one host report interval, so a picture built
-	// from only some hosts' first reports is not declared). Shorter:
-	// faster detection, risks declaring a half-reported pattern.
+	// (default 200 ms: hosts report a pair the moment it turns active, so
+	// the first reports of a pattern's hosts arrive within about one of
+	// their polls of each other, and a picture built from only some of
+	// them is not declared). Shorter: faster detection, risks declaring a
+	// half-reported pattern.
 	Settle time.Duration
 	// Keep is the raw per-second history kept for Matrix (default 1 h).
 	Keep time.Duration
@@ -193,8 +197,10 @@ func (g *Aggregator) Config() GlobalConfig { return g.cfg }
 // host (the host of its source VM), so reports add up without double
 // counting; a repeated (host, seq) within dedupTTL is dropped. A host that
 // restarts its seq numbering should change its host string (e.g. add a
-// boot nonce). Deltas land in the current second's bucket.
-func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) {
+// boot nonce). Deltas land in the current second's bucket. fresh says the
+// report brought a pair new to the window (or back from quiet): only then
+// can the structure have changed before the next periodic Tick.
+func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) (fresh bool) {
 	now := g.cfg.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -205,7 +211,7 @@ func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) {
 	}
 	if _, dup := seen[seq]; dup {
 		g.stats.Duplicates++
-		return
+		return false
 	}
 	for s, at := range seen {
 		if now.Sub(at) > dedupTTL {
@@ -230,15 +236,18 @@ func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) {
 		c.frames += e.Frames
 		b.pairs[k] = c
 		if sec >= g.win.lo {
-			w := g.win.sum[k]
+			w, ok := g.win.sum[k]
+			fresh = fresh || !ok
 			w.bytes += e.Bytes
 			w.frames += e.Frames
 			g.win.sum[k] = w
 		}
-		if e.Bytes > 0 {
+		if _, q := g.quiet[k]; q && e.Bytes > 0 {
 			delete(g.quiet, k)
+			fresh = true
 		}
 	}
+	return fresh
 }
 
 // Quiet tells the aggregator that these pairs went quiet at host: their
@@ -279,10 +288,9 @@ func (g *Aggregator) advanceLocked(now int64) {
 		g.win.lo = lo
 		return
 	}
-	n := int64(len(g.buckets))
 	for s := g.win.lo; s < lo; s++ {
-		b := &g.buckets[((s%n)+n)%n]
-		if b.sec != s {
+		b := g.bucketAtLocked(s)
+		if b == nil {
 			continue
 		}
 		for k, c := range b.pairs {
@@ -298,6 +306,17 @@ func (g *Aggregator) advanceLocked(now int64) {
 	}
 	g.win.lo = lo
 }
+
+// bucketAtLocked is second s's bucket, nil if none is kept for it.
+func (g *Aggregator) bucketAtLocked(s int64) *secBucket {
+	n := int64(len(g.buckets))
+	b := &g.buckets[((s%n)+n)%n]
+	if b.sec != s || b.pairs == nil {
+		return nil
+	}
+	return b
+}
+
 
 // windowLocked returns the smoothed sum at now, without quiet pairs.
 func (g *Aggregator) windowLocked(now time.Time) map[pairKey]pairCounts {
@@ -406,7 +425,10 @@ func cloneTopology(t Topology) Topology {
 }
 
 // Tick re-evaluates now: smooth, infer, detect change, emit events. The
-// appliance calls it about once a second and after each Add.
+// appliance calls it about once a second and after each Add. When a new
+// structure is waiting out Settle, Tick returns how soon it wants to be
+// called again to declare it (0: nothing pending), so a change is declared
+// Settle after it is seen, not at the next periodic tick.
 //
 // Change detection: the current structure (signature = archetype, hub,
 // undirected edge set) becomes a candidate; once it has been seen
@@ -419,11 +441,12 @@ func cloneTopology(t Topology) Topology {
 // traffic than Threshold (an edge hovering at b_min) is ignored. That
 // pair of conditions is the hysteresis: no flapping while a pattern is
 // steady, one event per real change.
-func (g *Aggregator) Tick() {
+func (g *Aggregator) Tick() (again time.Duration) {
 	now := g.cfg.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	sm := toMatrix(g.cfg.Window, g.windowLocked(now))
+	win := g.windowLocked(now)
+	sm := toMatrix(g.cfg.Window, win)
 	for k, at := range g.quiet {
 		if now.Sub(at) > g.cfg.Keep {
 			delete(g.quiet, k)
@@ -436,10 +459,10 @@ func (g *Aggregator) Tick() {
 			g.cand.sig, g.cand.ticks = 0, 0
 			g.emitLocked(Event{At: now, Kind: EventQuiet, Note: "all traffic stopped"})
 		}
-		return
+		return 0
 	}
 	g.active = true
-	topo := Infer(sm, g.cfg.BMin)
+	topo := g.inferLocked(now, win)
 	sig := signature(topo)
 	if sig != g.cand.sig {
 		g.cand.sig, g.cand.since, g.cand.ticks = sig, now, 1
@@ -452,17 +475,17 @@ func (g *Aggregator) Tick() {
 		g.decl.topo = topo
 		g.decl.topo.ChangedAt = changed
 		g.decl.ref = vec
-		return
+		return 0
 	}
-	if g.cand.ticks < 2 || now.Sub(g.cand.since) < g.cfg.Settle {
-		return
+	if wait := g.cfg.Settle - now.Sub(g.cand.since); g.cand.ticks < 2 || wait > 0 {
+		return max(wait, minRetick)
 	}
 	d := 1.0
 	if g.decl.has {
 		d = tvDistance(vec, g.decl.ref)
 	}
 	if d <= g.cfg.Threshold {
-		return
+		return 0
 	}
 	topo.ChangedAt = now
 	g.decl.has, g.decl.topo, g.decl.sig, g.decl.ref = true, topo, sig, vec
@@ -470,6 +493,66 @@ func (g *Aggregator) Tick() {
 	t := cloneTopology(topo)
 	g.emitLocked(Event{At: now, Kind: EventTopologyChange, Topology: &t,
 		Note: fmt.Sprintf("%s, %d nodes, %d edges, distance %.2f", archOrUnknown(topo.Archetype), len(topo.Nodes), len(topo.Edges), d)})
+	return 0
+}
+
+// reportLead is about how much traffic one report covers (hosts push
+// about once a second): the traffic of second s's bucket began about
+// reportLead before s.
+const reportLead = time.Second
+
+// inferLocked infers the topology of the window's traffic, judging each
+// pair by its best recent rate — the highest average rate over any
+// suffix of the window (its traffic since second s, over the time since
+// s plus reportLead) — instead of by its bytes in the whole window. A
+// pattern that has just started then weighs at once what it will weigh
+// once it fills the window, instead of staying under b_min beside the
+// previous pattern's bytes for seconds; a pair that talks steadily gets
+// its steady rate, so a steady pattern infers as on bytes; and silence
+// (a long compute phase) scales every pair alike. Edges report the
+// window's real bytes; weights are by rate. Cost: one pass over the
+// window's buckets.
+func (g *Aggregator) inferLocked(now time.Time, win map[pairKey]pairCounts) Topology {
+	// A suffix's rate only rises where the pair has traffic (elsewhere
+	// its span grows), so the best is found at those seconds alone.
+	type acc struct {
+		suffix uint64
+		best   float64
+	}
+	accs := make([]acc, 0, len(win))
+	rates := make(map[pairKey]*acc, len(win))
+	for k := range win {
+		accs = append(accs, acc{})
+		rates[k] = &accs[len(accs)-1]
+	}
+	for s := now.Unix(); s >= g.win.lo; s-- {
+		b := g.bucketAtLocked(s)
+		if b == nil {
+			continue
+		}
+		span := (now.Sub(time.Unix(s, 0)) + reportLead).Seconds()
+		for k, c := range b.pairs {
+			if a := rates[k]; a != nil {
+				a.suffix += c.bytes
+				a.best = max(a.best, float64(a.suffix)/span)
+			}
+		}
+	}
+	over := (g.cfg.Window + reportLead).Seconds()
+	rated := Matrix{WindowS: int(g.cfg.Window / time.Second), Entries: make([]Entry, 0, len(win))}
+	for k, c := range win {
+		b := rates[k].best * over
+		if b == 0 { // not in the buckets (the clock went backwards): by bytes
+			b = float64(c.bytes)
+		}
+		rated.Entries = append(rated.Entries, Entry{Src: k.src, Dst: k.dst, Bytes: uint64(min(b, 1<<62)), Frames: c.frames})
+	}
+	topo := Infer(rated, g.cfg.BMin)
+	for i := range topo.Edges {
+		topo.Edges[i].Bytes = win[pairKey{topo.Edges[i].Src, topo.Edges[i].Dst}].bytes
+	}
+	sortEdges(topo.Edges)
+	return topo
 }
 
 func archOrUnknown(a string) string {
@@ -479,19 +562,19 @@ func archOrUnknown(a string) string {
 	return a
 }
 
-// normalised returns the pruned matrix (the topology's edges) scaled to
-// sum 1.
+// normalised returns the pruned matrix (the topology's edges, by weight)
+// scaled to sum 1.
 func normalised(t Topology) map[pairKey]float64 {
 	var total float64
 	for _, e := range t.Edges {
-		total += float64(e.Bytes)
+		total += e.Weight
 	}
 	out := make(map[pairKey]float64, len(t.Edges))
 	if total == 0 {
 		return out
 	}
 	for _, e := range t.Edges {
-		out[pairKey{e.Src, e.Dst}] = float64(e.Bytes) / total
+		out[pairKey{e.Src, e.Dst}] = e.Weight / total
 	}
 	return out
 }

@@ -209,6 +209,9 @@ func TestAggregatorChangeRingToAll2All(t *testing.T) {
 	// All-to-all at a third of the ring's per-pair rate: the weights keep
 	// drifting for a whole window after the structure is clear.
 	evs = w.run(40, func() []Entry { return a2a.traffic(r, 3e5) })
+	for _, e := range evs {
+		t.Logf("event %d at +%v: %s %s", e.Seq, e.At.Sub(switchAt), e.Kind, e.Note)
+	}
 	if len(evs) != 1 {
 		for _, e := range evs {
 			t.Logf("event %d at +%v: %s %s", e.Seq, e.At.Sub(switchAt), e.Kind, e.Note)
@@ -509,5 +512,37 @@ func TestAggregatorWindowDifferential(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestAggregatorRetick: Add says when a report brings a pair new to the
+// window, and Tick asks to be called again when a new structure is
+// waiting out Settle, then declares it on that call.
+func TestAggregatorRetick(t *testing.T) {
+	c := newAggClock()
+	g := newTestAggregator(c)
+	r := rand.New(rand.NewSource(3))
+	ring := ringPat(6).instantiate(r)
+	es := ring.traffic(r, 1e5)
+	if !g.Add("A", 1, es) {
+		t.Fatal("first report of a pattern not fresh")
+	}
+	if g.Add("A", 2, es) {
+		t.Fatal("the same pairs again reported fresh")
+	}
+	again := g.Tick()
+	if again <= 0 || again > g.Config().Settle {
+		t.Fatalf("Tick with a new structure asked again in %v, want (0, Settle]", again)
+	}
+	c.Advance(again)
+	if again := g.Tick(); again != 0 {
+		t.Fatalf("Tick after Settle asked again in %v, want 0", again)
+	}
+	if tp := g.Topology(); tp.Archetype != ArchRing {
+		t.Fatalf("declared %q, want ring", tp.Archetype)
+	}
+	g.Quiet("A", []Pair{{Src: parseMACs(es[0].Src), Dst: parseMACs(es[0].Dst)}})
+	if !g.Add("A", 3, es[:1]) {
+		t.Fatal("a pair back from quiet not fresh")
 	}
 }
