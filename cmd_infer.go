@@ -37,8 +37,8 @@ func accountFlags(fs *pflag.FlagSet) func() (infer.AccountConfig, error) {
 
 // globalFlags adds the proxy's flags of aggregation and change detection.
 func globalFlags(fs *pflag.FlagSet) func() infer.GlobalConfig {
-	window := fs.Duration("infer-window", 10*time.Second, "the global matrix is smoothed over this window (longer: steadier,\n"+
-		"slower to see a new pattern)")
+	window := fs.Duration("infer-window", 10*time.Second, "the global matrix is smoothed over this window; pairs are judged by their best\n"+
+		"recent rate in it (longer: steadier, slower to drop traffic that stopped)")
 	thr := fs.Float64("infer-threshold", 0.3, "a topology change is declared when the smoothed, normalised matrix moves\n"+
 		"this far (0..1) from the last declared one (lower: more sensitive, may flap)")
 	bmin := fs.Float64("infer-bmin", 0.1, "entries below this share of the largest are not edges of the topology")

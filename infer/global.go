@@ -38,9 +38,11 @@ const (
 // GlobalConfig configures an Aggregator. Zero values take the defaults.
 type GlobalConfig struct {
 	// Window is the sliding window the global matrix is smoothed over
-	// (default 10 s). Longer: steadier topology, slower to notice traffic
-	// that stopped (an edge leaves only when its bytes in the window fall
-	// under b_min × the largest).
+	// (default 10 s). A pair is judged by its best recent rate within the
+	// window (so a pattern that just began counts at its full rate, not at
+	// the share of the window it has filled), and an edge leaves only when
+	// that rate falls under b_min × the largest. Longer: steadier topology,
+	// slower to notice traffic that stopped.
 	Window time.Duration
 	// Threshold is the change-detection threshold (default 0.3): a change
 	// is declared when the total-variation distance between the smoothed,
@@ -316,7 +318,6 @@ func (g *Aggregator) bucketAtLocked(s int64) *secBucket {
 	}
 	return b
 }
-
 
 // windowLocked returns the smoothed sum at now, without quiet pairs.
 func (g *Aggregator) windowLocked(now time.Time) map[pairKey]pairCounts {
