@@ -123,6 +123,7 @@ type pairState struct {
 	hotSince, lastHot  int64 // ns
 	pendBytes          uint64
 	pendFrames         uint64
+	pendSince          int64 // ns of the first pending frame
 }
 
 // Accountant counts VM traffic per directed MAC pair. Its methods are safe
@@ -321,6 +322,9 @@ func (a *Accountant) apply(agg []batchCell, filtered, runt, group uint64) {
 		a.framesCounted += uint64(c.frames)
 		a.bytesCounted += c.bytes
 		p.lastSec = sec
+		if p.pendBytes == 0 && p.pendFrames == 0 {
+			p.pendSince = now
+		}
 		p.pendBytes += c.bytes
 		p.pendFrames += uint64(c.frames)
 		if p.secStamp != sec {
@@ -500,7 +504,9 @@ func (a *Accountant) Matrix(last time.Duration) Matrix {
 // that went quiet. Pairs with nothing new are left out of deltas. active
 // says some pair is still active after this call; the caller pushes while
 // active or quiet is non-empty (about once a second). Every call starts a
-// new delta interval for every pair, reported or not.
+// new delta interval for every pair, reported or not, except a triggered
+// one: its first delta, when it turns active, covers its traffic since the
+// trigger. Each delta says in SpanMS how long its traffic took.
 func (a *Accountant) Report() (deltas []Entry, quiet []Pair, active bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -535,9 +541,12 @@ func (a *Accountant) Report() (deltas []Entry, quiet []Pair, active bool) {
 			active = true
 		}
 		if emit && (p.pendBytes != 0 || p.pendFrames != 0) {
-			deltas = append(deltas, Entry{Src: p.key.Src.String(), Dst: p.key.Dst.String(), Bytes: p.pendBytes, Frames: p.pendFrames})
+			deltas = append(deltas, Entry{Src: p.key.Src.String(), Dst: p.key.Dst.String(), Bytes: p.pendBytes,
+				Frames: p.pendFrames, SpanMS: max(1, (now-p.pendSince)/int64(time.Millisecond))})
 		}
-		p.pendBytes, p.pendFrames = 0, 0
+		if p.state != stTriggered { // a triggered pair's first report carries its traffic since the trigger
+			p.pendBytes, p.pendFrames = 0, 0
+		}
 	}
 	a.evict(floorDiv(now, int64(time.Second)))
 	sortEntries(deltas)

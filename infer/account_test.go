@@ -272,14 +272,17 @@ func TestAccountTrigger(t *testing.T) {
 	}
 
 	// Above: 20 KB/s. Hot from 5.6 s, so active at the report at 7 s,
-	// with the deltas fed since the report at 6 s.
+	// with the deltas fed since the report at 5 s (a triggered pair keeps
+	// them), which took 1.9 s (first frame at 5.1 s); later deltas are the
+	// 0.9 s since the previous report's first frame.
 	var firstActive int
+	var keptB, keptF uint64
 	for s := 6; s <= 10; s++ {
 		for i := 0; i < 10; i++ {
 			clk.Add(100 * time.Millisecond)
 			send(2000)
 		}
-		wantB, wantF := fed, fedFrames
+		wantB, wantF := fed+keptB, fedFrames+keptF
 		d, q, act := report()
 		if len(q) != 0 {
 			t.Fatalf("quiet while sending: %v", q)
@@ -288,17 +291,22 @@ func TestAccountTrigger(t *testing.T) {
 			if len(d) != 0 || act {
 				t.Fatalf("reported after 0.4 s hot (TMax 1 s): %+v", d)
 			}
+			keptB, keptF = wantB, wantF
 			continue
 		}
+		keptB, keptF = 0, 0
 		if !act || len(d) != 1 {
 			t.Fatalf("at %ds: deltas %+v active %v, want the pair active", s, d, act)
 		}
 		if firstActive == 0 {
 			firstActive = s
 		}
-		want := Entry{Src: A.String(), Dst: B.String(), Bytes: wantB, Frames: wantF}
-		if d[0] != want || wantB != 20000 {
-			t.Fatalf("at %ds: delta %+v, want %+v (20000 bytes)", s, d[0], want)
+		want := Entry{Src: A.String(), Dst: B.String(), Bytes: wantB, Frames: wantF, SpanMS: 900}
+		if s == 7 {
+			want.SpanMS = 1900
+		}
+		if d[0] != want || wantB != 20000 && s != 7 || s == 7 && wantB != 40000 {
+			t.Fatalf("at %ds: delta %+v, want %+v", s, d[0], want)
 		}
 	}
 	if firstActive != 7 {

@@ -117,7 +117,12 @@ type AggregatorStats struct {
 	Subscribers   int    `json:"subscribers"`
 }
 
-type pairCounts struct{ bytes, frames uint64 }
+// pairCounts is traffic of a pair; in a second's bucket, from is when the
+// earliest delta in it began (unix ns; 0: unknown, take reportLead).
+type pairCounts struct {
+	bytes, frames uint64
+	from          int64
+}
 
 // secBucket is one second of global traffic, sparse by pair.
 type secBucket struct {
@@ -236,6 +241,12 @@ func (g *Aggregator) Add(host string, seq uint64, deltas []Entry) (fresh bool) {
 		c := b.pairs[k]
 		c.bytes += e.Bytes
 		c.frames += e.Frames
+		if e.SpanMS > 0 {
+			span := min(time.Duration(e.SpanMS)*time.Millisecond, g.cfg.Window+reportLead)
+			if from := now.Add(-span).UnixNano(); c.from == 0 || from < c.from {
+				c.from = from
+			}
+		}
 		b.pairs[k] = c
 		if sec >= g.win.lo {
 			w, ok := g.win.sum[k]
@@ -485,7 +496,19 @@ func (g *Aggregator) Tick() (again time.Duration) {
 	if g.decl.has {
 		d = tvDistance(vec, g.decl.ref)
 	}
-	if d <= g.cfg.Threshold {
+	// A newly named archetype is a change even when the old edges still
+	// carry most bytes (ring → all-to-all keeps the ring's edges, and its
+	// new edges weigh little at first): a named fit is exact on the
+	// undirected edge set and has settled, so it is no noise the threshold
+	// must absorb. The same archetype with an edge more or less (a
+	// direction that began later) refines the declared one, silently.
+	named := g.decl.has && topo.Archetype != ""
+	if named && topo.Archetype == g.decl.topo.Archetype && d <= g.cfg.Threshold {
+		topo.ChangedAt = g.decl.topo.ChangedAt
+		g.decl.topo, g.decl.sig, g.decl.ref = topo, sig, vec
+		return 0
+	}
+	if d <= g.cfg.Threshold && !(named && topo.Archetype != g.decl.topo.Archetype) {
 		return 0
 	}
 	topo.ChangedAt = now
@@ -498,14 +521,20 @@ func (g *Aggregator) Tick() (again time.Duration) {
 }
 
 // reportLead is about how much traffic one report covers (hosts push
-// about once a second): the traffic of second s's bucket began about
-// reportLead before s.
+// about once a second): for a delta that does not say its span, the
+// traffic of second s's bucket began about reportLead before s.
 const reportLead = time.Second
+
+// minSpan floors the time a suffix's traffic is taken to span, so that a
+// burst reported a moment after the previous report is not read as a
+// rate far above the pair's.
+const minSpan = 250 * time.Millisecond
 
 // inferLocked infers the topology of the window's traffic, judging each
 // pair by its best recent rate — the highest average rate over any
 // suffix of the window (its traffic since second s, over the time since
-// s plus reportLead) — instead of by its bytes in the whole window. A
+// that traffic began: the reports' SpanMS say when, else reportLead before
+// s) — instead of by its bytes in the whole window. A
 // pattern that has just started then weighs at once what it will weigh
 // once it fills the window, instead of staying under b_min beside the
 // previous pattern's bytes for seconds; a pair that talks steadily gets
@@ -531,9 +560,13 @@ func (g *Aggregator) inferLocked(now time.Time, win map[pairKey]pairCounts) Topo
 		if b == nil {
 			continue
 		}
-		span := (now.Sub(time.Unix(s, 0)) + reportLead).Seconds()
+		guess := (now.Sub(time.Unix(s, 0)) + reportLead).Seconds()
 		for k, c := range b.pairs {
 			if a := rates[k]; a != nil {
+				span := guess
+				if c.from != 0 {
+					span = max(float64(now.UnixNano()-c.from)/1e9, minSpan.Seconds())
+				}
 				a.suffix += c.bytes
 				a.best = max(a.best, float64(a.suffix)/span)
 			}

@@ -213,9 +213,6 @@ func TestAggregatorChangeRingToAll2All(t *testing.T) {
 		t.Logf("event %d at +%v: %s %s", e.Seq, e.At.Sub(switchAt), e.Kind, e.Note)
 	}
 	if len(evs) != 1 {
-		for _, e := range evs {
-			t.Logf("event %d at +%v: %s %s", e.Seq, e.At.Sub(switchAt), e.Kind, e.Note)
-		}
 		t.Fatalf("all2all phase: %d events, want exactly 1", len(evs))
 	}
 	ev := evs[0]
@@ -230,6 +227,36 @@ func TestAggregatorChangeRingToAll2All(t *testing.T) {
 	if topo := g.Topology(); topo.Archetype != ArchAll2All || !topo.ChangedAt.Equal(ev.At) {
 		t.Fatalf("Topology() %+v", topo)
 	}
+}
+
+// TestAggregatorRenamedUnderThreshold: ring → all-to-all where the ring's
+// edges keep most of the bytes, so the matrix moves less than the
+// threshold; the newly named archetype is declared anyway.
+func TestAggregatorRenamedUnderThreshold(t *testing.T) {
+	c := newAggClock()
+	g := NewAggregator(GlobalConfig{Now: c.Now, Threshold: 0.6})
+	r := rand.New(rand.NewSource(12))
+	ring := ringPat(8).instantiate(r)
+	others := instance{macs: ring.macs, dir: map[pairKey]bool{}}
+	for _, x := range ring.macs {
+		for _, y := range ring.macs {
+			if k := (pairKey{x, y}); x != y && !ring.dir[k] {
+				others.dir[k] = true
+			}
+		}
+	}
+	w := newWorkload(t, g, c, r, ring.macs, 3)
+	if evs := w.run(20, func() []Entry { return ring.traffic(r, 1e6) }); len(evs) != 1 {
+		t.Fatalf("ring phase: events %+v", evs)
+	}
+	// 16 ring edges at 1, 40 new ones at 0.3: distance 12/28 ≈ 0.43 < 0.6.
+	evs := w.run(20, func() []Entry {
+		return append(ring.traffic(r, 1e6), others.traffic(r, 3e5)...)
+	})
+	if len(evs) != 1 || evs[0].Topology == nil || evs[0].Topology.Archetype != ArchAll2All {
+		t.Fatalf("all2all phase: events %+v, want one all2all change", evs)
+	}
+	t.Logf("declared: %s", evs[0].Note)
 }
 
 func TestAggregatorNoFlapping(t *testing.T) {
@@ -544,5 +571,42 @@ func TestAggregatorRetick(t *testing.T) {
 	g.Quiet("A", []Pair{{Src: parseMACs(es[0].Src), Dst: parseMACs(es[0].Dst)}})
 	if !g.Add("A", 3, es[:1]) {
 		t.Fatal("a pair back from quiet not fresh")
+	}
+}
+
+// TestAggregatorSpanRate: a pair that began 50 ms before its first report
+// weighs by the rate its span gives, not as if its bytes took a whole
+// report interval; without spans it would fall under b_min.
+func TestAggregatorSpanRate(t *testing.T) {
+	for _, withSpan := range []bool{true, false} {
+		c := newAggClock()
+		g := newTestAggregator(c)
+		const rate = 1e6 // bytes/s, both pairs
+		steady := Entry{Src: "02:00:00:00:00:01", Dst: "02:00:00:00:00:02"}
+		late := Entry{Src: "02:00:00:00:00:03", Dst: "02:00:00:00:00:04"}
+		var seq uint64
+		for range 5 {
+			c.Advance(time.Second)
+			seq++
+			e := steady
+			e.Bytes, e.Frames, e.SpanMS = rate, 700, 1000
+			g.Add("A", seq, []Entry{e})
+		}
+		c.Advance(500 * time.Millisecond)
+		e := late
+		e.Bytes, e.Frames = rate/20, 35
+		if withSpan {
+			e.SpanMS = 50
+		}
+		seq++
+		g.Add("B", seq, []Entry{e})
+		tp := g.inferLocked(c.Now(), g.windowLocked(c.Now()))
+		found := false
+		for _, ed := range tp.Edges {
+			found = found || ed.Src == late.Src && ed.Dst == late.Dst
+		}
+		if found != withSpan {
+			t.Errorf("with span %v: late pair an edge: %v, want %v (edges %+v)", withSpan, found, withSpan, tp.Edges)
+		}
 	}
 }

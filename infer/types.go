@@ -18,6 +18,12 @@ type Entry struct {
 	Dst    string `json:"dst"`
 	Bytes  uint64 `json:"bytes"`
 	Frames uint64 `json:"frames"`
+	// SpanMS, in a host's report, is how long the delta's traffic took:
+	// from its first frame since the pair's previous report to the
+	// report. The proxy judges rates by it (a pair that began mid-interval
+	// is not mistaken for a slow one). Zero elsewhere, and from hosts that
+	// do not say.
+	SpanMS int64 `json:"span_ms,omitempty"`
 }
 
 // Matrix is a sparse traffic matrix over a window (DESIGN.md's `matrix`

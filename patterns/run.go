@@ -477,7 +477,10 @@ func (r *runner) dial(ctx context.Context, p int, mine hello) (net.Conn, error) 
 			return nil, fmt.Errorf("rank %d at %s: %v: %w", p, addr, lastErr, ctx.Err())
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, time.Second)
+		// Capped low: ranks start within a moment of each other, and a
+		// refused dial costs next to nothing, while a long wait here
+		// delays the whole job's first iteration.
+		backoff = min(2*backoff, 100*time.Millisecond)
 	}
 }
 
