@@ -76,6 +76,11 @@ type Config struct {
 	// MTU is the IP MTU; 0 means DefaultMTU. Frames are MTU+14 bytes at
 	// most, both ways: longer frames given to Write are dropped.
 	MTU int
+	// Router makes the VM the segment's gateway: it takes in packets for
+	// any IP address (not only its own) and may answer from any, so that
+	// HandleTCP and HandleUDP see the connections other VMs open to the
+	// world (see router.go).
+	Router bool
 }
 
 // VM is one in-process netstack host with a single Ethernet NIC. It
@@ -117,7 +122,7 @@ func New(cfg Config) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := newStack(v.netProto)
+	s, err := newStack(v.netProto, cfg.Router)
 	if err != nil {
 		return nil, err
 	}
@@ -125,6 +130,21 @@ func New(cfg Config) (*VM, error) {
 	if err := v.attachNIC(cfg.Gateway); err != nil {
 		s.Destroy()
 		return nil, err
+	}
+	if cfg.Router {
+		// Promiscuous: deliver packets for foreign addresses to the
+		// transport handlers; spoofing: answer from those addresses.
+		if err := s.SetPromiscuousMode(nicID, true); err != nil {
+			s.Destroy()
+			return nil, fmt.Errorf("netvm: promiscuous mode: %s", err)
+		}
+		if err := s.SetSpoofing(nicID, true); err != nil {
+			s.Destroy()
+			return nil, fmt.Errorf("netvm: spoofing: %s", err)
+		}
+		// Everything is on-link for the router: it answers from any
+		// address, and a reply's route is looked up from there.
+		s.AddRoute(tcpip.Route{Destination: emptySubnet(v.netProto), NIC: nicID})
 	}
 	return v, nil
 }

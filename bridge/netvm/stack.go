@@ -37,11 +37,13 @@ const (
 // newStack builds the netstack of one VM for netProto (IPv4 or IPv6). Every
 // option is set explicitly, with its reason, so that a gVisor upgrade that
 // changes a default does not silently change vnet's VMs.
-func newStack(netProto tcpip.NetworkProtocolNumber) (*stack.Stack, error) {
+func newStack(netProto tcpip.NetworkProtocolNumber, router bool) (*stack.Stack, error) {
 	opts := stack.Options{
 		// HandleLocal: traffic from the VM to its own address stays inside
 		// the stack, as on a real host, instead of going out on the wire.
-		HandleLocal: true,
+		// Not for a router: in promiscuous mode every address is its own,
+		// and its answers to the VMs would loop back inside it.
+		HandleLocal: !router,
 		// UDP and TCP always; the other transports are chosen below.
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	}
