@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"net/netip"
 
 	"vnet/appliance"
+	"vnet/gateway"
 	"vnet/tunnel"
 )
 
@@ -19,7 +22,15 @@ needs no root unless it attaches a TAP device.
 Examples:
   vnet proxy --key-file net.key
   vnet proxy --key-file net.key --listen tcp://:443 --listen udp://:5000 --state-dir /var/lib/vnet
-  sudo vnet proxy --key-file net.key --tap vnet0    # bridge the overlay to a TAP device here`)
+  sudo vnet proxy --key-file net.key --tap vnet0    # bridge the overlay to a TAP device here
+  vnet proxy --key-file net.key --netstack 10.0.0.1/24 --forward tcp:8080=10.0.0.5:80   # no root
+
+With --netstack the proxy is the VMs' gateway without root: it hands out
+addresses in CIDR by DHCP (router, DNS and MTU included), answers DNS at its
+address by relaying to this machine's resolvers, and carries the VMs' TCP and
+UDP to the real network through its own sockets (userspace NAT). A VM reaches
+this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
+127.0.0.1:22 here). ICMP is not carried.`)
 	listen := fs.StringArray("listen", []string{"tcp://:5000", "udp://:5000", "quic://:5001"},
 		"where hosts connect (repeatable): tcp://[ADDR]:PORT, udp://... (also answers STUN, with a\n"+
 			"second STUN port next to it) or quic://...")
@@ -27,6 +38,13 @@ Examples:
 	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only); empty to disable")
 	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
+	netstack := fs.String("netstack", "", "be the segment's gateway without root: CIDR is the segment and the gateway's\n"+
+		"address in it (10.0.0.1/24; a bare network 10.0.0.0/24 takes its first address)")
+	forwards := fs.StringArray("forward", nil, "with --netstack, publish a VM service here: PROTO:[ADDR:]PORT=VMIP:PORT,\n"+
+		"e.g. tcp:8080=10.0.0.5:80 (every interface) or udp:127.0.0.1:5353=10.0.0.5:53 (repeatable)")
+	dnsServers := fs.StringArray("dns", nil, "with --netstack, relay DNS to this resolver IP[:PORT] (repeatable; default:\n"+
+		"the nameservers of /etc/resolv.conf)")
+	mtu := fs.Int("mtu", 1500, "with --netstack, the segment's IP MTU announced by DHCP")
 	mkAcct, mkGlobal := accountFlags(fs), globalFlags(fs)
 	mkAdapt := adaptFlags(fs)
 	mkLog := logFlags(fs)
@@ -56,6 +74,17 @@ Examples:
 	ports, err := openPorts(*taps, nil, nil, nil, log)
 	if err != nil {
 		return err
+	}
+	if *netstack != "" {
+		gw, err := openGateway(*netstack, *forwards, *dnsServers, *mtu, log)
+		if err != nil {
+			closePorts(ports)
+			return err
+		}
+		ports = append(ports, appliance.LocalPort{Name: "gateway", Port: gw})
+	} else if len(*forwards) > 0 || len(*dnsServers) > 0 {
+		closePorts(ports)
+		return usageErr("--forward and --dns need --netstack")
 	}
 	cfg.Ports = ports
 	p, err := appliance.NewProxy(cfg)
@@ -89,3 +118,37 @@ func parseEndpoints(flag string, urls []string) ([]tunnel.Endpoint, error) {
 }
 
 func portErr(flag, arg string, err error) error { return fmt.Errorf("%s %s: %w", flag, arg, err) }
+
+// openGateway builds the --netstack gateway from the proxy's flags.
+func openGateway(cidr string, forwards, dnsServers []string, mtu int, log *slog.Logger) (*gateway.Gateway, error) {
+	prefix, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return nil, usageErr("--netstack %q: want a CIDR such as 10.0.0.1/24", cidr)
+	}
+	cfg := gateway.Config{Prefix: prefix, MTU: mtu, Log: log}
+	for _, f := range forwards {
+		fw, err := gateway.ParseForward(f)
+		if err != nil {
+			return nil, usageErr("--forward: %v", err)
+		}
+		cfg.Forwards = append(cfg.Forwards, fw)
+	}
+	for _, d := range dnsServers {
+		ap, err := netip.ParseAddrPort(d)
+		if err != nil {
+			a, aerr := netip.ParseAddr(d)
+			if aerr != nil {
+				return nil, usageErr("--dns %q: want IP or IP:PORT", d)
+			}
+			ap = netip.AddrPortFrom(a, 53)
+		}
+		cfg.DNS = append(cfg.DNS, ap)
+	}
+	if cfg.DNS == nil {
+		cfg.DNS = gateway.SystemResolvers()
+		if len(cfg.DNS) == 0 {
+			log.Warn("no resolver in /etc/resolv.conf: the VMs' DNS queries will go unanswered (give --dns)")
+		}
+	}
+	return gateway.New(cfg)
+}

@@ -91,29 +91,7 @@ func TestQEMU(t *testing.T) {
 	if d, ok := t.Deadline(); ok && time.Until(d)-20*time.Second < budget {
 		budget = time.Until(d) - 20*time.Second
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	t.Cleanup(cancel)
-
-	dir, err := os.MkdirTemp("", "vnetq-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &qemuLab{ctx: ctx, dir: dir, guest: guest, hostArgv: map[string][]string{},
-		vmCfg: map[string]qemutest.VM{}, daemons: map[string]*qemutest.Proc{},
-		vms: map[string]*qemutest.Proc{}, runs: map[string]int{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			l.dump(t)
-		}
-		for _, p := range l.procs {
-			if err := p.Kill(); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	l := newQEMULab(t, guest, budget)
 	t.Logf("guest: kernel %s, busybox %s, modules %v", guest.Kernel, guest.Busybox, guest.Modules)
 
 	steps := []struct {

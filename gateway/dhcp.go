@@ -234,4 +234,3 @@ func ipOf(ip net.IP) netip.Addr {
 	}
 	return netip.AddrFrom4([4]byte(v4))
 }
-

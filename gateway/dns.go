@@ -13,6 +13,9 @@ import (
 // VMs resolve exactly what the proxy machine resolves, split-horizon and
 // VPN names included, with nothing to configure.
 
+// SystemResolvers returns this machine's resolvers (/etc/resolv.conf).
+func SystemResolvers() []netip.AddrPort { return systemResolvers("/etc/resolv.conf") }
+
 // systemResolvers reads the nameserver lines of a resolv.conf. A missing
 // or unreadable file gives none (DNS then goes unanswered, and the log
 // says so at start).

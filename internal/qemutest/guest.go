@@ -18,9 +18,16 @@
 //
 // Kernel command-line parameters read by /init:
 //
-//	vnetip=10.66.0.1/24            eth0's address (required)
+//	vnetip=10.66.0.1/24            eth0's address (required); "dhcp" asks a
+//	                               DHCP server (udhcpc) and prints
+//	                               VNET-DHCP <ip/len> <router> <dns> <mtu>
 //	vnetpeer=10.66.0.2,10.66.0.3   peers to ping (optional: without it the
 //	                               guest only answers pings)
+//	vnetresolve=NAME               resolve NAME once the network is up:
+//	                               VNET-DNS-OK <addr> or VNET-DNS-FAIL
+//	vnetfetch=HOST:PORT            fetch http://HOST:PORT/ (retried each
+//	                               round until it works): VNET-HTTP-OK <body>
+//	vnetserve=PORT                 serve "hello from <ip>" over HTTP on PORT
 //
 // Nothing here needs root or KVM (QEMU runs with -accel tcg).
 package qemutest
@@ -341,10 +348,16 @@ for m in $(cat /etc/vnet-modules); do
 done
 ip=""
 peers=""
+resolve=""
+fetch=""
+serve=""
 for a in $(cat /proc/cmdline); do
 	case "$a" in
 	vnetip=*) ip="${a#vnetip=}" ;;
 	vnetpeer=*) peers="$(echo "${a#vnetpeer=}" | tr , ' ')" ;;
+	vnetresolve=*) resolve="${a#vnetresolve=}" ;;
+	vnetfetch=*) fetch="${a#vnetfetch=}" ;;
+	vnetserve=*) serve="${a#vnetserve=}" ;;
 	esac
 done
 i=0
@@ -355,11 +368,30 @@ while [ ! -e /sys/class/net/eth0 ]; do
 done
 ip link set lo up
 ip link set eth0 up
-ip addr add "$ip" dev eth0 || echo "VNET-ERROR ip addr add $ip"
+if [ "$ip" = dhcp ]; then
+	until udhcpc -i eth0 -n -q -t 5 -T 1 -s /etc/udhcpc.sh >/dev/null 2>&1; do echo "VNET-DHCP-RETRY"; done
+	. /tmp/dhcp.env
+	echo "VNET-DHCP $ip $router $dns $mtu"
+else
+	ip addr add "$ip" dev eth0 || echo "VNET-ERROR ip addr add $ip"
+fi
 echo "VNET-UP $ip $(cat /sys/class/net/eth0/address)"
+if [ -n "$serve" ]; then
+	mkdir -p /www && echo "hello from ${ip%/*}" > /www/index.html
+	httpd -p "$serve" -h /www && echo "VNET-SERVE $serve"
+fi
+if [ -n "$resolve" ]; then
+	a="$(nslookup "$resolve" 2>/dev/null | sed -n 's/^Address: *//p' | tail -n 1)"
+	if [ -n "$a" ]; then echo "VNET-DNS-OK $a"; else echo "VNET-DNS-FAIL"; fi
+fi
 n=0
 while :; do
 	n=$((n + 1))
+	if [ -n "$fetch" ]; then
+		# nc, not wget: a static busybox's wget crashes in glibc's resolver
+		b="$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 "${fetch%:*}" "${fetch##*:}" 2>/dev/null | tail -n 1)"
+		if [ -n "$b" ]; then echo "VNET-HTTP-OK $b"; fetch=""; else echo "VNET-HTTP-FAIL $n"; fi
+	fi
 	for p in $peers; do
 		if ping -c 1 -W 1 "$p" >/dev/null 2>&1; then
 			echo "VNET-PING-OK $p $n"
@@ -369,6 +401,22 @@ while :; do
 	done
 	sleep 1
 done
+`
+
+// udhcpcScript configures eth0 from udhcpc's lease and writes what it got
+// to /tmp/dhcp.env for /init.
+const udhcpcScript = `#!/bin/busybox sh
+case "$1" in
+bound|renew)
+	ip addr flush dev "$interface"
+	ip addr add "$ip/$mask" dev "$interface"
+	[ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+	for r in $router; do ip route add default via "$r" dev "$interface"; break; done
+	: > /etc/resolv.conf
+	for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+	echo "ip=$ip/$mask router=$router dns=$dns mtu=$(cat /sys/class/net/$interface/mtu)" > /tmp/dhcp.env
+	;;
+esac
 `
 
 // BuildInitramfs writes the guest's initramfs (gzip'd newc cpio) into dir
@@ -403,6 +451,7 @@ func (g *Guest) BuildInitramfs(dir string) (string, error) {
 	}
 	a.file("etc/vnet-modules", 0o644, []byte(strings.Join(list, "\n")+"\n"))
 	a.file("init", 0o755, []byte(initScript))
+	a.file("etc/udhcpc.sh", 0o755, []byte(udhcpcScript))
 
 	out := filepath.Join(dir, "initramfs.cpio.gz")
 	f, err := os.Create(out)

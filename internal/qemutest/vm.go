@@ -12,12 +12,15 @@ import (
 
 // VM describes one guest.
 type VM struct {
-	Name   string   // for logs
-	MAC    string   // 52:54:00:xx:xx:xx
-	IP     string   // eth0's address with prefix length, 10.66.0.1/24
-	Peers  []string // IPs to ping
-	Netdev string   // the -netdev backend without id, e.g. "stream,server=off,addr.type=unix,addr.path=/tmp/a.sock"
-	MemMB  int      // 0: 256
+	Name  string   // for logs
+	MAC   string   // 52:54:00:xx:xx:xx
+	IP    string   // eth0's address with prefix length, 10.66.0.1/24
+	Peers []string // IPs to ping
+	// Extra kernel command-line parameters for /init (vnetresolve=,
+	// vnetfetch=, vnetserve=; see the package doc).
+	Params []string
+	Netdev string // the -netdev backend without id, e.g. "stream,server=off,addr.type=unix,addr.path=/tmp/a.sock"
+	MemMB  int    // 0: 256
 }
 
 // Argv is the QEMU command line that boots vm from initrd. The serial
@@ -34,6 +37,7 @@ func (g *Guest) Argv(initrd string, vm VM) []string {
 	if len(vm.Peers) > 0 {
 		cmdline = append(cmdline, "vnetpeer="+strings.Join(vm.Peers, ","))
 	}
+	cmdline = append(cmdline, vm.Params...)
 	return []string{
 		g.QEMU,
 		"-name", vm.Name,
