@@ -111,12 +111,12 @@ type pathStats struct {
 	// (TCP): a slow receiver, not the path, held it back.
 	rwndLimited time.Duration
 	hasRwnd     bool
-	sent, lost   uint64 // packets or segments sent, and lost or retransmitted
-	hasTxLoss    bool
-	rxExpected   uint64 // datagrams the peer sent us (by their counters)
-	rxGot        uint64 // ... of which arrived
-	hasRxLoss    bool
-	minRTT       time.Duration
+	sent, lost  uint64 // packets or segments sent, and lost or retransmitted
+	hasTxLoss   bool
+	rxExpected  uint64 // datagrams the peer sent us (by their counters)
+	rxGot       uint64 // ... of which arrived
+	hasRxLoss   bool
+	minRTT      time.Duration
 }
 
 // pathStater is implemented by transports that know more about their path
