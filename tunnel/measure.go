@@ -14,10 +14,13 @@ package tunnel
 //     the sender had more to send than the path took approximates what the
 //     path can carry. Sending: an interval counts as backlogged when the
 //     writer spent at least busyShare of it inside the transport (a full TCP
-//     socket buffer, QUIC's congestion window) and TCP did not spend it
-//     waiting for the receiver's window (a slow receiver, whose own estimate
-//     is the one to trust); the rate is what the peer acknowledged (TCP) or
-//     what the transport accepted (QUIC, UDP).
+//     socket buffer, QUIC's datagram queue behind its congestion window), or
+//     when TCP's latest rate sample was not application-limited (the
+//     kernel's own "send queue not empty": a VM's TCP that paces itself to
+//     the path keeps the socket's queue short but never empty), and TCP did
+//     not spend it waiting for the receiver's window (a slow receiver, whose
+//     own estimate is the one to trust); the rate is what the peer
+//     acknowledged (TCP) or what the transport accepted (QUIC, UDP).
 //     Receiving: an interval counts as saturated when datagrams were lost
 //     (UDP's counters have gaps) or when the peer's pings arrived later than
 //     its quickest one by more than a standing queue's worth (the one-way
@@ -111,12 +114,15 @@ type pathStats struct {
 	// (TCP): a slow receiver, not the path, held it back.
 	rwndLimited time.Duration
 	hasRwnd     bool
-	sent, lost  uint64 // packets or segments sent, and lost or retransmitted
-	hasTxLoss   bool
-	rxExpected  uint64 // datagrams the peer sent us (by their counters)
-	rxGot       uint64 // ... of which arrived
-	hasRxLoss   bool
-	minRTT      time.Duration
+	// appLimited: the transport's latest rate sample was taken while it had
+	// nothing waiting to be sent (TCP's tcpi_delivery_rate_app_limited).
+	appLimited, hasAppLimited bool
+	sent, lost                uint64 // packets or segments sent, and lost or retransmitted
+	hasTxLoss                 bool
+	rxExpected                uint64 // datagrams the peer sent us (by their counters)
+	rxGot                     uint64 // ... of which arrived
+	hasRxLoss                 bool
+	minRTT                    time.Duration
 }
 
 // pathStater is implemented by transports that know more about their path
@@ -336,6 +342,9 @@ func (e *estimator) tick(s meterSample) {
 	// rate is what the peer acknowledged when the transport knows it (a
 	// socket buffer that grows accepts more than the path carries).
 	backlogged := float64(s.busy-p.busy) >= busyShare*dt
+	if s.path.hasAppLimited && !s.path.appLimited {
+		backlogged = true // the kernel's send queue held data: the path, not we, set the pace
+	}
 	if s.path.hasRwnd && p.path.hasRwnd && float64(s.path.rwndLimited-p.path.rwndLimited) >= busyShare*dt {
 		backlogged = false // the receiver's window, not the path: the receiver's own estimate tells
 	}

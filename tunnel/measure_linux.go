@@ -6,6 +6,7 @@ import (
 	"net"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,6 +34,10 @@ func tcpPathStats(c net.Conn, ps *pathStats) {
 	}
 	ps.delivered, ps.hasDelivered = info.Bytes_acked, true
 	ps.sent, ps.lost, ps.hasTxLoss = uint64(info.Data_segs_out), uint64(info.Total_retrans), true
+	// The flag is a bit field in the byte after tcpi_options, which x/sys's
+	// struct leaves as padding (the kernel fills it all the same).
+	ps.appLimited = (*[8]byte)(unsafe.Pointer(info))[7]&1 != 0
+	ps.hasAppLimited = true
 	ps.rwndLimited, ps.hasRwnd = time.Duration(info.Rwnd_limited)*time.Microsecond, true
 	ps.minRTT = time.Duration(info.Min_rtt) * time.Microsecond
 }

@@ -274,3 +274,26 @@ func TestCapacityMbpsIsTheSmallerKnown(t *testing.T) {
 		}
 	}
 }
+
+// A VM's TCP that paces itself to the path never fills the socket, so the
+// writer is never stuck; the kernel still says its send queue was not
+// empty, and that is backlog too.
+func TestCapacityFromTCPNotAppLimited(t *testing.T) {
+	for _, appLimited := range []bool{false, true} {
+		y := newSynth(t)
+		var m Measurement
+		for i := 0; i < 4; i++ {
+			m = y.step(time.Second, mbps(20, time.Second), 0, 10*time.Millisecond, func(p *pathStats) {
+				p.delivered += mbps(19, time.Second)
+				p.hasDelivered, p.appLimited, p.hasAppLimited = true, appLimited, true
+			})
+		}
+		want := 19.0
+		if appLimited {
+			want = 0
+		}
+		if (want == 0 && m.TxCapacityMbps != 0) || (want > 0 && !near(m.TxCapacityMbps, want, 0.01)) {
+			t.Errorf("app-limited %v: capacity %v, want %v", appLimited, m.TxCapacityMbps, want)
+		}
+	}
+}

@@ -42,7 +42,7 @@ func newDelayLine(d time.Duration, write func([]byte) error) *delayLine {
 			if failed {
 				continue // drain, so the reader never blocks on a dead writer
 			}
-			time.Sleep(time.Until(c.due))
+			preciseSleep(time.Until(c.due))
 			failed = write(c.b) != nil
 		}
 	}()
