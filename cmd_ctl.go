@@ -26,7 +26,10 @@ Inspect and change a running vnet network through a daemon's control API
 Commands:
   status                      the daemon: role, uptime, ports and their counters
   hosts                       hosts known to the proxy, their addresses, state and VMs
-  links                       star and fast-path links: state, RTT, bytes
+  links                       star and fast-path links: state, bytes, and what the
+                              traffic measured passively: path RTT, rates, capacity
+                              (achievable throughput; "-" until a sender was
+                              backlogged or a receiver saw loss or queueing), loss
   rules                       forwarding rules on every host
   vms                         VMs (MACs) and where they are attached
   route SRC-MAC DST-MAC       the hop-by-hop path a frame takes right now
@@ -88,10 +91,11 @@ func runCtl(ctx context.Context, args []string) error {
 	case len(a) == 1 && cmd == "links":
 		var ls []appliance.LinkInfo
 		return c.show("links", &ls, func(w io.Writer) {
-			table(w, "NAME\tA\tB\tKIND\tROLE\tVIA\tSTATE\tRTT\tTX\tRX\tERROR")
+			table(w, "NAME\tA\tB\tKIND\tROLE\tVIA\tSTATE\tRTT\tTX\tRX\tTX/S\tRX/S\tCAPACITY\tLOSS\tERROR")
 			for _, l := range ls {
-				table(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", l.Name, l.A, l.B, l.Kind, l.Role, l.Via, l.State,
-					rtt(l.RTTus), size(l.TxBytes), size(l.RxBytes), l.Error)
+				table(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", l.Name, l.A, l.B, l.Kind, l.Role,
+					l.Via, l.State, rtt(l.RTTus), size(l.TxBytes), size(l.RxBytes), rate(l.TxMbps), rate(l.RxMbps),
+					rate(l.CapacityMbps), loss(l.Loss, l.State), l.Error)
 			}
 		})
 	case len(a) == 1 && cmd == "rules":
@@ -390,6 +394,24 @@ func rtt(us int64) string {
 		return "-"
 	}
 	return (time.Duration(us) * time.Microsecond).String()
+}
+
+// rate shows Mbit/s ("-": none, or unknown for a capacity).
+func rate(mbps float64) string {
+	switch {
+	case mbps <= 0:
+		return "-"
+	case mbps < 10:
+		return fmt.Sprintf("%.2fMb/s", mbps)
+	}
+	return fmt.Sprintf("%.0fMb/s", mbps)
+}
+
+func loss(f float64, state string) string {
+	if state != "up" {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f%%", 100*f)
 }
 
 func size(b uint64) string {

@@ -193,21 +193,8 @@ func (e *e2eNet) inferDaemons(t *testing.T) {
 	for i := 1; i <= e2eInferHosts; i++ {
 		h := fmt.Sprintf("h%d", i)
 		for j := 1; j <= e2eInferVMsPer; j++ {
-			vm := &e2eVM{name: fmt.Sprintf("v%d%d", i, j), host: h, tap: fmt.Sprintf("t%d%d", i, j),
-				ip: fmt.Sprintf("10.88.0.%d", i*10+j)}
-			e.waitFor(t, "TAP "+vm.tap+" in "+h+"'s namespace", 10*time.Second, func() (bool, string) {
-				_, err := netns.Run(e.ctx, e.nsHost[h], "ip", "link", "show", "dev", vm.tap)
-				return err == nil, fmt.Sprint(err)
-			})
-			vm.ns = e.addNS(t, vm.name)
-			e.run(t, e.nsHost[h], "ip", "link", "set", vm.tap, "netns", vm.ns)
-			e.run(t, vm.ns, "ip", "addr", "add", vm.ip+"/24", "dev", vm.tap)
-			e.run(t, vm.ns, "ip", "link", "set", vm.tap, "up")
-			vm.mac = strings.ToLower(strings.TrimSpace(e.run(t, vm.ns, "cat", "/sys/class/net/"+vm.tap+"/address")))
-			if _, err := net.ParseMAC(vm.mac); err != nil {
-				t.Fatalf("%s's MAC %q: %v", vm.name, vm.mac, err)
-			}
-			e.vms = append(e.vms, vm)
+			e.tapVM(t, e.nsHost[h], &e2eVM{name: fmt.Sprintf("v%d%d", i, j), host: h, tap: fmt.Sprintf("t%d%d", i, j),
+				ip: fmt.Sprintf("10.88.0.%d", i*10+j)})
 		}
 	}
 	e.waitFor(t, "all hosts up", 15*time.Second, func() (bool, string) {

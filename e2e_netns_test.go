@@ -36,9 +36,9 @@ import (
 )
 
 const (
-	e2eHelperEnv = "VNET_E2E_HELPER" // send | recv: TestE2EHelper's mode
-	e2eAddrEnv   = "VNET_E2E_ADDR"   // host:port to listen on or dial
-	e2eBytesEnv  = "VNET_E2E_BYTES"  // how many bytes to send
+	e2eHelperEnv = "VNET_E2E_HELPER" // send | recv | relay: TestE2EHelper's mode
+	e2eAddrEnv   = "VNET_E2E_ADDR"   // host:port to listen on or dial (relay: e2eRelay's spec)
+	e2eBytesEnv  = "VNET_E2E_BYTES"  // how many bytes to send (relay: the delay)
 	e2eResult    = "E2E-RESULT"      // the helper's result line prefix
 
 	e2eProxyIP   = "192.168.250.1"
@@ -69,6 +69,16 @@ type (
 		TxBytes uint64 `json:"tx_bytes"`
 		RxBytes uint64 `json:"rx_bytes"`
 		Error   string `json:"error"`
+		// Passive measurement.
+		RTTus          int64   `json:"rtt_us"`
+		SRTTus         int64   `json:"srtt_us"`
+		TransportRTTus int64   `json:"transport_rtt_us"`
+		TxMbps         float64 `json:"tx_mbps"`
+		RxMbps         float64 `json:"rx_mbps"`
+		CapacityMbps   float64 `json:"capacity_mbps"`
+		TxCapacityMbps float64 `json:"tx_capacity_mbps"`
+		RxCapacityMbps float64 `json:"rx_capacity_mbps"`
+		Loss           float64 `json:"loss"`
 	}
 	e2eRouteJSON struct {
 		Hops []struct {
@@ -117,8 +127,9 @@ type e2eNet struct {
 	expect  map[*netns.Proc]bool // processes that must keep running
 }
 
-// TestE2EHelper is the socket end of TestE2ENetns's TCP transfer: the test
-// re-executes its own binary inside a VM namespace with VNET_E2E_HELPER set.
+// TestE2EHelper is the socket end of the end-to-end tests' TCP transfers,
+// and their WAN relay: a test re-executes its own binary inside a
+// namespace with VNET_E2E_HELPER set.
 func TestE2EHelper(t *testing.T) {
 	mode := os.Getenv(e2eHelperEnv)
 	if mode == "" {
@@ -184,6 +195,8 @@ func e2eHelper(mode, addr, size string) error {
 		}
 		fmt.Printf("%s %d %x\n", e2eResult, n, h.Sum(nil))
 		return nil
+	case "relay":
+		return e2eRelay(addr, size)
 	}
 	return fmt.Errorf("unknown mode %q", mode)
 }
@@ -360,21 +373,8 @@ func (e *e2eNet) daemons(t *testing.T) {
 	}
 	for i, h := range []string{"h1", "h2"} {
 		for j := 1; j <= 2; j++ {
-			vm := &e2eVM{name: fmt.Sprintf("v%d%d", i+1, j), host: h, tap: fmt.Sprintf("t%d%d", i+1, j),
-				ip: fmt.Sprintf("10.88.0.%d", (i+1)*10+j)}
-			e.waitFor(t, "TAP "+vm.tap+" in "+h+"'s namespace", 10*time.Second, func() (bool, string) {
-				_, err := netns.Run(e.ctx, e.nsHost[h], "ip", "link", "show", "dev", vm.tap)
-				return err == nil, fmt.Sprint(err)
-			})
-			vm.ns = e.addNS(t, vm.name)
-			e.run(t, e.nsHost[h], "ip", "link", "set", vm.tap, "netns", vm.ns)
-			e.run(t, vm.ns, "ip", "addr", "add", vm.ip+"/24", "dev", vm.tap)
-			e.run(t, vm.ns, "ip", "link", "set", vm.tap, "up")
-			vm.mac = strings.TrimSpace(e.run(t, vm.ns, "cat", "/sys/class/net/"+vm.tap+"/address"))
-			if _, err := net.ParseMAC(vm.mac); err != nil {
-				t.Fatalf("%s's MAC %q: %v", vm.name, vm.mac, err)
-			}
-			e.vms = append(e.vms, vm)
+			e.tapVM(t, e.nsHost[h], &e2eVM{name: fmt.Sprintf("v%d%d", i+1, j), host: h, tap: fmt.Sprintf("t%d%d", i+1, j),
+				ip: fmt.Sprintf("10.88.0.%d", (i+1)*10+j)})
 		}
 	}
 	e.waitHostsUp(t, 15*time.Second)
@@ -383,13 +383,36 @@ func (e *e2eNet) daemons(t *testing.T) {
 	}
 }
 
+// tapVM makes vm's namespace and moves the TAP device vm.tap, which its
+// daemon creates in namespace daemonNS, into it with vm.ip/24; it records
+// the VM's MAC and adds it to e.vms.
+func (e *e2eNet) tapVM(t *testing.T, daemonNS string, vm *e2eVM) {
+	t.Helper()
+	e.waitFor(t, "TAP "+vm.tap+" in "+vm.host+"'s namespace", 10*time.Second, func() (bool, string) {
+		_, err := netns.Run(e.ctx, daemonNS, "ip", "link", "show", "dev", vm.tap)
+		return err == nil, fmt.Sprint(err)
+	})
+	vm.ns = e.addNS(t, vm.name)
+	e.run(t, daemonNS, "ip", "link", "set", vm.tap, "netns", vm.ns)
+	e.run(t, vm.ns, "ip", "addr", "add", vm.ip+"/24", "dev", vm.tap)
+	e.run(t, vm.ns, "ip", "link", "set", vm.tap, "up")
+	vm.mac = strings.ToLower(strings.TrimSpace(e.run(t, vm.ns, "cat", "/sys/class/net/"+vm.tap+"/address")))
+	if _, err := net.ParseMAC(vm.mac); err != nil {
+		t.Fatalf("%s's MAC %q: %v", vm.name, vm.mac, err)
+	}
+	e.vms = append(e.vms, vm)
+}
+
 // ctl runs `vnet ctl --json args...` in the proxy's namespace and decodes
 // the answer into v (if not nil).
-func (e *e2eNet) ctl(v any, args ...string) error {
+func (e *e2eNet) ctl(v any, args ...string) error { return e.ctlAt(e.nsProxy, e2eProxyAPI, v, args...) }
+
+// ctlAt is ctl against the daemon whose API is api in namespace ns.
+func (e *e2eNet) ctlAt(ns, api string, v any, args ...string) error {
 	ctx, cancel := context.WithTimeout(e.ctx, 15*time.Second)
 	defer cancel()
-	argv := append([]string{e.bin, "ctl", "--api", e2eProxyAPI, "--timeout", "5s", "--json"}, args...)
-	cmd := netns.Command(ctx, e.nsProxy, argv...)
+	argv := append([]string{e.bin, "ctl", "--api", api, "--timeout", "5s", "--json"}, args...)
+	cmd := netns.Command(ctx, ns, argv...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -574,18 +597,10 @@ func (e *e2eNet) allPairs(t *testing.T, d time.Duration) {
 // b received exactly them (count and SHA-256).
 func (e *e2eNet) transfer(t *testing.T, a, b *e2eVM, n int) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(e.ctx, 90*time.Second)
 	defer cancel()
 	addr := net.JoinHostPort(b.ip, "9000")
-	helper := func(ns, mode string) *exec.Cmd {
-		cmd := netns.Command(ctx, ns, exe, "-test.run=^TestE2EHelper$", "-test.count=1")
-		cmd.Env = append(os.Environ(), e2eHelperEnv+"="+mode, e2eAddrEnv+"="+addr, e2eBytesEnv+"="+strconv.Itoa(n))
-		return cmd
-	}
+	helper := func(ns, mode string) *exec.Cmd { return e.helperCmd(t, ctx, ns, mode, addr, strconv.Itoa(n)) }
 	start := time.Now()
 	recv := helper(b.ns, "recv")
 	var recvOut bytes.Buffer
@@ -617,6 +632,19 @@ func (e *e2eNet) transfer(t *testing.T, a, b *e2eVM, n int) {
 	}
 	t.Logf("TCP %s -> %s: %d MiB, sha256 %s… matches, %v (%.0f Mbit/s incl. helper start-up)", a.name, b.name, n>>20,
 		ssum[:16], elapsed.Round(time.Millisecond), float64(n)*8/elapsed.Seconds()/1e6)
+}
+
+// helperCmd is the test binary, to run in namespace ns as TestE2EHelper in
+// mode with its address and size arguments.
+func (e *e2eNet) helperCmd(t *testing.T, ctx context.Context, ns, mode, addr, size string) *exec.Cmd {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := netns.Command(ctx, ns, exe, "-test.run=^TestE2EHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), e2eHelperEnv+"="+mode, e2eAddrEnv+"="+addr, e2eBytesEnv+"="+size)
+	return cmd
 }
 
 func e2eParseResult(out string) (int64, string, error) {

@@ -55,16 +55,35 @@ func (p *Proxy) adaptInput(cfg AdaptConfig) (adapt.Input, adapt.Plan) {
 		in.Placement[vm.MAC] = vm.Host
 	}
 	p.mu.Lock()
+	// Passive measurements (both ends merged): RTT and capacity of every
+	// link that is up.
+	measured := map[string]LinkInfo{}
+	for _, li := range p.linksLocked() {
+		if li.State == "up" && li.Via != "relayed" && li.RTTus > 0 {
+			measured[li.Name] = li
+		}
+	}
 	for _, name := range sortedKeys(p.mu.hosts) {
 		rec := p.mu.hosts[name]
 		if rec.link == nil {
 			continue
 		}
 		in.Hosts = append(in.Hosts, name)
-		in.StarCost[name] = adapt.Cost{RTT: rec.link.RTT()}
+		in.StarCost[name] = measuredCost(measured[StarLinkName(name)])
 		for _, l := range rec.status.Links {
-			if l.State == "up" && l.Via != "relayed" && l.RTTus > 0 {
-				in.Costs[adapt.Pair(l.A, l.B)] = adapt.Cost{RTT: time.Duration(l.RTTus) * time.Microsecond}
+			if m, ok := measured[l.Name]; ok && l.State == "up" && l.Via != "relayed" {
+				in.Costs[adapt.Pair(l.A, l.B)] = measuredCost(m)
+			}
+		}
+	}
+	// A pair without a direct link of its own is estimated from its two
+	// star links (no probe of its own).
+	for i, a := range in.Hosts {
+		for _, b := range in.Hosts[i+1:] {
+			if _, ok := in.Costs[adapt.Pair(a, b)]; !ok {
+				if c := viaStar(in.StarCost[a], in.StarCost[b]); c != (adapt.Cost{}) {
+					in.Costs[adapt.Pair(a, b)] = c
+				}
 			}
 		}
 	}

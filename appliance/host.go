@@ -537,6 +537,9 @@ func (h *Host) status() hostStatus {
 	st.NAT = string(h.mu.nat.Mapping)
 	h.mu.Unlock()
 	st.Links = h.fastLinkInfos()
+	if star := h.starLinkInfo(); star.State == "up" {
+		st.Star = &star
+	}
 	return st
 }
 
@@ -551,7 +554,7 @@ func (h *Host) fastLinkInfos() []LinkInfo {
 			Error: h.mu.fastErr[name]}
 		if l := h.mu.fast[name]; l != nil {
 			li.State, li.Kind, li.Error = "up", l.Kind(), ""
-			li.RTTus, li.TxBytes, li.RxBytes = l.RTT().Microseconds(), l.TxBytes(), l.RxBytes()
+			setMeasured(&li, l)
 		} else if li.Via == "relayed" {
 			li.State = "up" // its traffic flows through the proxy, over the star
 		}
@@ -600,6 +603,11 @@ func (h *Host) sendStatus(force bool) {
 
 // hostLinks is the host's view of its links, for its API.
 func (h *Host) hostLinks() []LinkInfo {
+	return slices.Concat([]LinkInfo{h.starLinkInfo()}, h.fastLinkInfos())
+}
+
+// starLinkInfo is the host's view of its star link.
+func (h *Host) starLinkInfo() LinkInfo {
 	h.mu.Lock()
 	star, starErr := h.mu.star, h.mu.starErr
 	h.mu.Unlock()
@@ -607,7 +615,7 @@ func (h *Host) hostLinks() []LinkInfo {
 		Via: "direct", State: "down", Error: starErr}
 	if star != nil {
 		li.State, li.Kind = "up", star.Kind()
-		li.RTTus, li.TxBytes, li.RxBytes = star.RTT().Microseconds(), star.TxBytes(), star.RxBytes()
+		setMeasured(&li, star)
 	}
-	return slices.Concat([]LinkInfo{li}, h.fastLinkInfos())
+	return li
 }

@@ -815,13 +815,23 @@ func (p *Proxy) hosts() []HostInfo {
 func (p *Proxy) links() []LinkInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.linksLocked()
+}
+
+// linksLocked lists every link with what both of its ends measured: star
+// links as the proxy sees them, fast links as their A end does.
+func (p *Proxy) linksLocked() []LinkInfo {
 	out := []LinkInfo{}
 	for _, name := range sortedKeys(p.mu.hosts) {
 		rec := p.mu.hosts[name]
 		li := LinkInfo{Name: StarLinkName(name), A: topo.ProxyHost, B: name, Kind: rec.kind, Role: "star", Via: "direct",
 			State: "down"}
 		if rec.link != nil {
-			li.State, li.RTTus, li.TxBytes, li.RxBytes = "up", rec.link.RTT().Microseconds(), rec.link.TxBytes(), rec.link.RxBytes()
+			li.State = "up"
+			setMeasured(&li, rec.link)
+			if hs := rec.status.Star; hs != nil {
+				li = mergeEnds(li, *hs)
+			}
 		}
 		out = append(out, li)
 	}
@@ -838,6 +848,13 @@ func (p *Proxy) links() []LinkInfo {
 			}
 		} else {
 			li.Error = "host " + l.A + " is down"
+		}
+		if rec := p.mu.hosts[l.B]; rec != nil && rec.link != nil && li.State == "up" {
+			for _, r := range rec.status.Links {
+				if r.Name == name && r.State == "up" {
+					li = mergeEnds(li, r)
+				}
+			}
 		}
 		out = append(out, li)
 	}

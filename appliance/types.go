@@ -43,10 +43,22 @@ type LinkInfo struct {
 	Role    string `json:"role"`
 	Via     string `json:"via"`
 	State   string `json:"state"`
-	RTTus   int64  `json:"rtt_us"`
+	RTTus   int64  `json:"rtt_us"` // path RTT: the smallest keepalive echo of the last half minute
 	TxBytes uint64 `json:"tx_bytes"`
 	RxBytes uint64 `json:"rx_bytes"`
 	Error   string `json:"error,omitempty"`
+
+	// Passive measurement (tunnel.Measurement). Tx is what the reporting
+	// daemon sends (the proxy reports its star links and A the fast ones,
+	// with what the other end measured merged in); zero is unknown.
+	SRTTus         int64   `json:"srtt_us,omitempty"`          // smoothed echo RTT: queueing under load included
+	TransportRTTus int64   `json:"transport_rtt_us,omitempty"` // the transport's own minimum (TCP_INFO, QUIC): a cross-check
+	TxMbps         float64 `json:"tx_mbps"`                    // frame bytes in the last second
+	RxMbps         float64 `json:"rx_mbps"`
+	CapacityMbps   float64 `json:"capacity_mbps"`              // achievable throughput: the smaller known direction
+	TxCapacityMbps float64 `json:"tx_capacity_mbps,omitempty"` // each direction's, from a sender that was backlogged
+	RxCapacityMbps float64 `json:"rx_capacity_mbps,omitempty"` // or a receiver that saw loss or queueing
+	Loss           float64 `json:"loss"`                       // fraction lost, the worse direction
 }
 
 // RuleInfo is one row of `rules`.
@@ -148,7 +160,8 @@ type hostStatus struct {
 	Reflexive []string   `json:"reflexive,omitempty"` // UDP addresses as STUN servers saw them
 	NAT       string     `json:"nat,omitempty"`       // mapping behaviour, see nat.Mapping
 	VMs       []VMInfo   `json:"vms"`
-	Links     []LinkInfo `json:"links"` // its fast links
+	Links     []LinkInfo `json:"links"`          // its fast links
+	Star      *LinkInfo  `json:"star,omitempty"` // its star link, for what it measured sending to the proxy
 	Rules     []RuleInfo `json:"rules"`
 	Ports     []PortInfo `json:"ports"`
 }

@@ -50,9 +50,10 @@ type Link struct {
 
 	epoch   time.Time
 	lastRx  atomic.Int64 // ns since epoch of the last message received
-	rtt     atomic.Int64 // ns, smoothed
 	txBytes atomic.Uint64
 	rxBytes atomic.Uint64
+	txBusy  atomic.Int64 // ns spent inside the transport's writeFrames
+	est     *estimator   // passive measurement (measure.go)
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -66,7 +67,7 @@ var _ bridge.Port = (*Link)(nil)
 
 func newLink(t transport, peer Hello, log *slog.Logger, h ControlHandler) *Link {
 	l := &Link{t: t, peer: peer, log: log, onControl: h, epoch: time.Now(), done: make(chan struct{}),
-		quiet: make(chan struct{})}
+		quiet: make(chan struct{}), est: newEstimator()}
 	l.keepalive, l.deadAfter, l.writeTimeout = KeepaliveInterval, DeadAfter, WriteTimeout
 	go l.routineKeepalive()
 	return l
@@ -84,8 +85,13 @@ func (l *Link) RemoteAddr() net.Addr { return l.t.remoteAddr() }
 // LocalAddr is our underlay address of this link.
 func (l *Link) LocalAddr() net.Addr { return l.t.localAddr() }
 
-// RTT is the smoothed keepalive round-trip time (zero until measured).
-func (l *Link) RTT() time.Duration { return time.Duration(l.rtt.Load()) }
+// RTT is the path's round-trip time: the smallest keepalive echo of the
+// last RTTWindow (zero until measured). See Measurement for more.
+func (l *Link) RTT() time.Duration { return l.Measurement().RTT }
+
+// Measurement is what the link has learnt about its path from the traffic
+// that crossed it (see measure.go).
+func (l *Link) Measurement() Measurement { return l.est.measurement(l.since()) }
 
 // TransportStats are the transport's own counters (datagrams, drops by
 // reason), when it keeps any.
@@ -151,10 +157,11 @@ func (l *Link) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			var b [8]byte
 			copy(b[:], payload)
 			l.send(MsgPong, b[:])
+			l.est.peerPing(l.since(), int64(binary.BigEndian.Uint64(b[:])))
 		case MsgPong:
 			if len(payload) == 8 {
 				if sent := int64(binary.BigEndian.Uint64(payload)); sent > 0 && sent <= l.since() {
-					l.observeRTT(l.since() - sent)
+					l.est.echo(l.since() - sent)
 				}
 			}
 		case MsgControl:
@@ -178,22 +185,18 @@ func (l *Link) readFailed(err error) error {
 	return net.ErrClosed
 }
 
-func (l *Link) observeRTT(d int64) {
-	old := l.rtt.Load()
-	if old == 0 {
-		l.rtt.Store(d)
-		return
-	}
-	l.rtt.Store(old + (d-old)/8) // RFC 6298's alpha
-}
-
 // Write implements bridge.Port: the batch goes out at once, each header
 // written into the frame's headroom.
 func (l *Link) Write(bufs [][]byte, offset int) (int, error) {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.armWriteDeadline()
-	if err := l.t.writeFrames(bufs, offset); err != nil {
+	start := l.since()
+	err := l.t.writeFrames(bufs, offset)
+	// Time stuck here is the sign of a path that takes less than it is
+	// offered (a full socket buffer or congestion window): measure.go.
+	l.txBusy.Add(l.since() - start)
+	if err != nil {
 		return 0, l.writeFailed(err)
 	}
 	var bytes uint64
@@ -245,11 +248,27 @@ func (l *Link) send(typ byte, payload []byte) error {
 
 func (l *Link) stopKeepalive() { l.quietOnce.Do(func() { close(l.quiet) }) }
 
+// startPings are sent in the link's first moments, a tenth of the
+// keepalive interval apart: the path RTT (the smallest echo) then rests on
+// several samples taken before traffic starts, whose echoes queue.
+const startPings = 4
+
 // routineKeepalive pings the peer and declares it dead when it falls silent.
 func (l *Link) routineKeepalive() {
+	var b [8]byte
+	for range startPings {
+		select {
+		case <-l.done:
+			return
+		case <-l.quiet:
+			return
+		case <-time.After(l.keepalive / 10):
+		}
+		binary.BigEndian.PutUint64(b[:], uint64(l.since()))
+		l.send(MsgPing, b[:])
+	}
 	t := time.NewTicker(l.keepalive)
 	defer t.Stop()
-	var b [8]byte
 	for {
 		select {
 		case <-l.done:
@@ -265,5 +284,15 @@ func (l *Link) routineKeepalive() {
 		}
 		binary.BigEndian.PutUint64(b[:], uint64(now))
 		l.send(MsgPing, b[:])
+		l.measureTick(now)
 	}
+}
+
+// measureTick closes a measurement interval.
+func (l *Link) measureTick(now int64) {
+	s := meterSample{now: now, tx: l.txBytes.Load(), rx: l.rxBytes.Load(), busy: l.txBusy.Load()}
+	if ps, ok := l.t.(pathStater); ok {
+		ps.pathStats(&s.path)
+	}
+	l.est.tick(s)
 }

@@ -494,6 +494,16 @@ func (t *quicTransport) Stats() map[string]uint64 {
 	}
 }
 
+// pathStats implements pathStater from quic-go's loss detection and RTT.
+func (t *quicTransport) pathStats(ps *pathStats) {
+	if t.conn == nil {
+		return
+	}
+	cs := t.conn.ConnectionStats()
+	ps.sent, ps.lost, ps.hasTxLoss = cs.PacketsSent, cs.PacketsLost, true
+	ps.minRTT = cs.MinRTT
+}
+
 func (t *quicTransport) getBuf() []byte {
 	select {
 	case b := <-t.free:

@@ -113,5 +113,8 @@ func (t *streamTransport) writeMsg(typ byte, payload []byte) error {
 	return t.bw.Flush()
 }
 
+// pathStats implements pathStater from the kernel's TCP_INFO.
+func (t *streamTransport) pathStats(ps *pathStats) { tcpPathStats(t.conn, ps) }
+
 // SetWriteDeadline bounds writes, so a stuck peer cannot stall the switch.
 func (t *streamTransport) SetWriteDeadline(d time.Time) error { return t.conn.SetWriteDeadline(d) }

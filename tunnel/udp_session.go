@@ -37,6 +37,9 @@ type udpSession struct {
 
 	peer      atomic.Pointer[netip.AddrPort] // where we send: the latest authenticated source
 	confirmed atomic.Bool                    // an authenticated datagram arrived
+	// Loss accounting (measure.go), written by the mux's reader only: the
+	// datagrams that arrived, and one past the highest counter among them.
+	rxGot, rxNext atomic.Uint64
 
 	in  chan udpMsg
 	cur udpMsg // the message readMsg returned last (its payload is lent out)
@@ -202,6 +205,10 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		m.count(udpReplay)
 		return
 	}
+	s.rxGot.Add(1)
+	if ctr >= s.rxNext.Load() {
+		s.rxNext.Store(ctr + 1)
+	}
 	if from != s.rxFrom { // NAT rebinding or roaming: follow the peer
 		s.rxFrom = from
 		p := new(netip.AddrPort) // only here: from itself must not escape
@@ -338,6 +345,14 @@ func (s *udpSession) readMsg(frame []byte) (byte, []byte, error) {
 }
 
 func (s *udpSession) more() bool { return len(s.in) > 0 }
+
+// pathStats implements pathStater: the peer numbers its datagrams, so the
+// gaps among those that arrived are the ones lost on the way.
+func (s *udpSession) pathStats(ps *pathStats) {
+	// next before got: a datagram landing in between is counted, not lost.
+	ps.rxExpected = s.rxNext.Load()
+	ps.rxGot, ps.hasRxLoss = s.rxGot.Load(), true
+}
 
 func (s *udpSession) isClosed() bool {
 	select {

@@ -475,6 +475,9 @@ type udpRelay struct {
 	client netip.AddrPort
 	caught [][]byte // a -> b datagrams
 	wg     sync.WaitGroup
+	// pass (set under mu) decides which a -> b datagrams go through; then
+	// none is captured.
+	pass func(b []byte) bool
 }
 
 func newUDPRelay(t *testing.T, target netip.AddrPort) *udpRelay {
@@ -495,10 +498,15 @@ func newUDPRelay(t *testing.T, target netip.AddrPort) *udpRelay {
 			}
 			r.mu.Lock()
 			r.client = from
-			r.caught = append(r.caught, bytes.Clone(buf[:n]))
+			ok := r.pass == nil || r.pass(buf[:n])
+			if r.pass == nil {
+				r.caught = append(r.caught, bytes.Clone(buf[:n]))
+			}
 			back := r.back
 			r.mu.Unlock()
-			back.WriteToUDPAddrPort(buf[:n], r.target)
+			if ok {
+				back.WriteToUDPAddrPort(buf[:n], r.target)
+			}
 		}
 	}()
 	t.Cleanup(func() {
