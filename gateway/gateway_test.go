@@ -431,3 +431,53 @@ func FuzzDHCP(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkNATTCP: bulk TCP from a netstack VM through the gateway's NAT to
+// a sink on the machine's loopback (both stacks are in this process: the
+// figure is the userspace path's cost, not a network's).
+func BenchmarkNATTCP(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(io.Discard, c) }()
+		}
+	}()
+	gw, err := New(Config{Prefix: netip.MustParsePrefix("10.77.0.0/24"), DNS: []netip.AddrPort{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	vm, err := netvm.New(netvm.Config{MAC: net.HardwareAddr{0x02, 0, 0, 0x77, 0, 5},
+		Addr: netip.MustParsePrefix("10.77.0.5/24"), Gateway: gw.Addr()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sw := bridge.New(bridge.Config{})
+	defer sw.Close()
+	sw.AddPort("gw", bridge.RoleLocal, gw)
+	sw.AddPort("vm", bridge.RoleLocal, vm)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ap, _ := netip.ParseAddrPort(ln.Addr().String())
+	c, err := vm.DialTCP(ctx, netip.AddrPortFrom(gw.Addr(), ap.Port()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 64<<10)
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(buf))*8/1e6/b.Elapsed().Seconds(), "Mbit/s")
+}
