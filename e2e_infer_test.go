@@ -123,8 +123,8 @@ func TestE2EInference(t *testing.T) {
 		f    func(t *testing.T)
 	}{
 		{"build", e.build},
-		{"underlay", e.inferUnderlay},
-		{"daemons", e.inferDaemons},
+		{"underlay", func(t *testing.T) { e.vmUnderlay(t, e2eInferHosts) }},
+		{"daemons", func(t *testing.T) { e.vmDaemons(t, e2eInferHosts, e2eInferVMsPer) }},
 		{"ring", func(t *testing.T) {
 			ranks = e.startRanks(t, "ring", 7100)
 			e.waitArchetype(t, "ring", ranks, e2eRingEdges(e.vms))
@@ -145,14 +145,14 @@ func TestE2EInference(t *testing.T) {
 	}
 }
 
-// inferUnderlay builds the bridge and the underlay namespaces of the proxy
-// and the hosts.
-func (e *e2eNet) inferUnderlay(t *testing.T) {
+// vmUnderlay builds the bridge and the underlay namespaces of the proxy
+// and hosts h1..hN.
+func (e *e2eNet) vmUnderlay(t *testing.T, hosts int) {
 	e.nsSw = e.addNS(t, "sw")
 	e.run(t, e.nsSw, "ip", "link", "add", "br0", "type", "bridge")
 	e.run(t, e.nsSw, "ip", "link", "set", "br0", "up")
 	e.nsProxy = e.attachUnderlay(t, "up", e2eProxyIP)
-	for i := 1; i <= e2eInferHosts; i++ {
+	for i := 1; i <= hosts; i++ {
 		h := fmt.Sprintf("h%d", i)
 		e.nsHost[h] = e.attachUnderlay(t, fmt.Sprintf("u%d", i), fmt.Sprintf("192.168.250.%d", 10+i))
 	}
@@ -161,12 +161,13 @@ func (e *e2eNet) inferUnderlay(t *testing.T) {
 	}
 }
 
-// inferDaemons starts the proxy and the hosts with inference tuned for a
-// quick test, and moves the TAPs into VM namespaces.
-func (e *e2eNet) inferDaemons(t *testing.T) {
-	p, err := e.lab.Start("proxy", e.nsProxy, filepath.Join(e.dir, "proxy.log"), nil,
-		e.bin, "proxy", "--key-file", e.key, "--listen", e2eProxyURL, "--api", e2eProxyAPI,
-		"--infer-window", "3s", "--infer-tmax", "300ms", "--infer-time-bound", "300ms", "--infer-twait", "2s")
+// inferProxy starts the proxy with inference tuned for a quick test, and
+// extra flags.
+func (e *e2eNet) inferProxy(t *testing.T, log string, extra ...string) {
+	p, err := e.lab.Start("proxy", e.nsProxy, filepath.Join(e.dir, log), nil,
+		append([]string{e.bin, "proxy", "--key-file", e.key, "--listen", e2eProxyURL, "--api", e2eProxyAPI,
+			"--infer-window", "3s", "--infer-tmax", "300ms", "--infer-time-bound", "300ms", "--infer-twait", "2s"},
+			extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,12 +177,18 @@ func (e *e2eNet) inferDaemons(t *testing.T) {
 		err := e.ctl(&hs, "hosts")
 		return err == nil, fmt.Sprint(err)
 	})
-	for i := 1; i <= e2eInferHosts; i++ {
+}
+
+// vmDaemons starts the proxy and hosts h1..hN with inference tuned for a
+// quick test, and moves each host's vmsPer TAPs into VM namespaces.
+func (e *e2eNet) vmDaemons(t *testing.T, hosts, vmsPer int, proxyFlags ...string) {
+	e.inferProxy(t, "proxy.log", proxyFlags...)
+	for i := 1; i <= hosts; i++ {
 		h := fmt.Sprintf("h%d", i)
 		args := []string{e.bin, "host", "--name", h, "--proxy", e2eProxyURL, "--key-file", e.key,
 			"--listen", "tcp://:0",
 			"--infer-tmax", "300ms", "--infer-time-bound", "300ms", "--infer-twait", "2s"}
-		for j := 1; j <= e2eInferVMsPer; j++ {
+		for j := 1; j <= vmsPer; j++ {
 			args = append(args, "--tap", fmt.Sprintf("t%d%d", i, j))
 		}
 		p, err := e.lab.Start(h, e.nsHost[h], filepath.Join(e.dir, h+".log"), nil, args...)
@@ -190,9 +197,9 @@ func (e *e2eNet) inferDaemons(t *testing.T) {
 		}
 		e.hosts[h], e.expect[p] = p, true
 	}
-	for i := 1; i <= e2eInferHosts; i++ {
+	for i := 1; i <= hosts; i++ {
 		h := fmt.Sprintf("h%d", i)
-		for j := 1; j <= e2eInferVMsPer; j++ {
+		for j := 1; j <= vmsPer; j++ {
 			e.tapVM(t, e.nsHost[h], &e2eVM{name: fmt.Sprintf("v%d%d", i, j), host: h, tap: fmt.Sprintf("t%d%d", i, j),
 				ip: fmt.Sprintf("10.88.0.%d", i*10+j)})
 		}
@@ -214,8 +221,15 @@ func (e *e2eNet) inferDaemons(t *testing.T) {
 	}
 }
 
-// startRanks starts one `vnet patterns` rank of topo in every VM namespace.
+// startRanks starts one `vnet patterns` rank of topo in every VM namespace,
+// running until stopped.
 func (e *e2eNet) startRanks(t *testing.T, topo string, port int) []*netns.Proc {
+	return e.startRanksN(t, topo, port, 100000, "32KiB")
+}
+
+// startRanksN starts one rank of topo in every VM namespace, for iters
+// iterations of size-byte messages, with --json.
+func (e *e2eNet) startRanksN(t *testing.T, topo string, port, iters int, size string) []*netns.Proc {
 	t.Helper()
 	var peers []string
 	for _, vm := range e.vms {
@@ -226,7 +240,7 @@ func (e *e2eNet) startRanks(t *testing.T, topo string, port int) []*netns.Proc {
 		p, err := e.lab.Start(fmt.Sprintf("%s-rank%d", topo, i), vm.ns,
 			filepath.Join(e.dir, fmt.Sprintf("%s-rank%d.log", topo, i)), nil,
 			e.bin, "patterns", "--rank", fmt.Sprint(i), "--peers", strings.Join(peers, ","),
-			"--topology", topo, "--iters", "100000", "--size", "32KiB", "--timeout", "60s")
+			"--topology", topo, "--iters", fmt.Sprint(iters), "--size", size, "--timeout", "60s", "--json")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,9 @@ package appliance
 
 import (
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"vnet/adapt"
@@ -120,14 +122,42 @@ func (p *Proxy) adaptInput(cfg AdaptConfig) (adapt.Input, adapt.Plan) {
 // plan computes the desired state for the traffic of the last window.
 func (p *Proxy) plan(cfg AdaptConfig) (adapt.Input, adapt.Plan, adapt.Plan) {
 	in, cur := p.adaptInput(cfg)
-	if len(in.Demands) == 0 || len(in.Hosts) < 2 {
+	if len(in.Hosts) < 2 {
 		return in, cur, cur
 	}
-	// The damper compares objectives for the same, current demands.
-	cur.Objective = adapt.Evaluate(in, cur.Links, in.Placement)
-	desired := adapt.Improve(in, adapt.Greedy(in), 200, uint64(time.Now().UnixNano()))
-	desired.Placement = in.Placement // VMs are not moved: migration is planned, not applied
+	var desired adapt.Plan
+	if len(in.Demands) == 0 {
+		// No traffic: nothing is wanted, so the controller's fast paths age
+		// out (after the damper's dwell).
+		desired = adapt.Plan{Placement: in.Placement, Reasons: []string{"no VM traffic in the window: no fast path is wanted"}}
+	} else {
+		// The damper compares objectives for the same, current demands.
+		cur.Objective = adapt.Evaluate(in, cur.Links, in.Placement)
+		desired = adapt.Improve(in, adapt.Greedy(in), 200, uint64(time.Now().UnixNano()))
+		desired.Placement = in.Placement // VMs are not moved: migration is planned, not applied
+	}
+	p.keepPinned(cur, &desired)
 	return in, cur, desired
+}
+
+// keepPinned adds to desired the links and rules of cur that the controller
+// did not make (the operator's, from `ctl link add`, `ctl rule add` or a
+// topology file): the controller never removes those.
+func (p *Proxy) keepPinned(cur adapt.Plan, desired *adapt.Plan) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range cur.Links {
+		if !p.mu.adaptedLinks[l.Name()] && !slices.Contains(desired.Links, l) {
+			desired.Links = append(desired.Links, l)
+			desired.Reasons = append(desired.Reasons, "link "+l.Name()+": kept (made by the operator, not by the controller)")
+		}
+	}
+	slices.SortFunc(desired.Links, func(a, b adapt.HostPair) int { return strings.Compare(a.Name(), b.Name()) })
+	for _, r := range cur.Rules {
+		if !p.mu.adaptedRules[r] && !slices.Contains(desired.Rules, r) {
+			desired.Rules = append(desired.Rules, r)
+		}
+	}
 }
 
 // planResult is the dry run behind `vnet ctl plan`.
@@ -220,6 +250,28 @@ func (p *Proxy) adaptOnce(trigger string) {
 		p.log.Warn("adapt: plan not applied", "err", err)
 		return
 	}
+	p.mu.Lock()
+	for _, c := range apply {
+		switch {
+		case c.Op == "add-link" && c.Link != nil:
+			p.mu.adaptedLinks[c.Link.Name()] = true
+		case c.Op == "del-link" && c.Link != nil:
+			delete(p.mu.adaptedLinks, c.Link.Name())
+		case c.Op == "add-rule" && c.Rule != nil:
+			p.mu.adaptedRules[*c.Rule] = true
+		case c.Op == "del-rule" && c.Rule != nil:
+			delete(p.mu.adaptedRules, *c.Rule)
+		}
+	}
+	live := map[adapt.Rule]bool{} // rules through a deleted link went with it
+	for h, rs := range p.mu.rules {
+		for _, r := range rs {
+			live[adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()}] = true
+		}
+	}
+	maps.DeleteFunc(p.mu.adaptedRules, func(r adapt.Rule, _ bool) bool { return !live[r] })
+	p.mu.Unlock()
+	p.saveState()
 	for _, c := range apply {
 		p.log.Info("adapt: "+changeString(c), "trigger", trigger)
 		p.agg.Note("adapt", changeString(c)+" — "+trigger)

@@ -1,12 +1,14 @@
 package appliance
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"vnet/adapt"
 	"vnet/infer"
+	"vnet/topo"
 )
 
 // TestAdaptBuildsFastPaths runs a ring across four hosts with the
@@ -22,6 +24,13 @@ func TestAdaptBuildsFastPaths(t *testing.T) {
 			Budget: adapt.Budget{MaxPerHost: 2},
 			Damp:   adapt.DampConfig{MinDwell: 5 * time.Second, Hysteresis: 0.01, MaxChangesPerMinute: 100}}
 	})
+	// The operator's own link: the controller must leave it alone.
+	if err := n.proxy.change(func(d *desired) error {
+		d.links["h1-h3"] = topo.Link{A: "h1", B: "h3"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	// VMs are ordered h1/vm1, h1/vm2, h2/vm1, ...: a ring over them joins
 	// h1-h2, h2-h3, h3-h4 and h4-h1.
 	stop := n.runPattern("ring", 7300)
@@ -56,4 +65,15 @@ func TestAdaptBuildsFastPaths(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+	// Without traffic the controller's fast paths age out after the dwell;
+	// the operator's stays.
+	n.waitFor("the ring's fast paths to age out", 30*time.Second, func() bool {
+		var names []string
+		for _, l := range n.proxy.Links() {
+			if l.Role == "fast" {
+				names = append(names, l.Name)
+			}
+		}
+		return slices.Equal(names, []string{"h1-h3"})
+	})
 }

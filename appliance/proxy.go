@@ -61,12 +61,15 @@ type Proxy struct {
 
 	mu struct {
 		sync.Mutex
-		hosts   map[string]*hostRec
-		links   map[string]topo.Link // desired fast links, by name
-		rules   map[string][]bridge.Rule
-		known   map[string]bool // hosts in the restored state: their links/rules are not adopted
-		pending map[uint64]chan *ctrlMsg
-		nextID  uint64
+		hosts map[string]*hostRec
+		links map[string]topo.Link // desired fast links, by name
+		rules map[string][]bridge.Rule
+		known map[string]bool // hosts in the restored state: their links/rules are not adopted
+		// What the adaptation controller made (it removes only these).
+		adaptedLinks map[string]bool
+		adaptedRules map[adapt.Rule]bool
+		pending      map[uint64]chan *ctrlMsg
+		nextID       uint64
 	}
 }
 
@@ -93,6 +96,7 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	p := &Proxy{cfg: cfg, log: log, start: time.Now(), reported: make(chan struct{}, 1)}
 	p.mu.hosts = map[string]*hostRec{}
 	p.mu.links = map[string]topo.Link{}
+	p.mu.adaptedLinks, p.mu.adaptedRules = map[string]bool{}, map[adapt.Rule]bool{}
 	p.mu.rules = map[string][]bridge.Rule{}
 	p.mu.known = map[string]bool{}
 	p.mu.pending = map[uint64]chan *ctrlMsg{}

@@ -1,10 +1,14 @@
 package appliance
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+
+	"vnet/adapt"
 
 	"vnet/topo"
 )
@@ -17,6 +21,10 @@ type savedState struct {
 	Hosts   []string    `json:"hosts"`
 	Links   []topo.Link `json:"links"`
 	Rules   []RuleInfo  `json:"rules"`
+	// What the adaptation controller made, so that after a restart it
+	// still tells its own fast paths (which age out) from the operator's.
+	AdaptedLinks []string     `json:"adapted_links,omitempty"`
+	AdaptedRules []adapt.Rule `json:"adapted_rules,omitempty"`
 }
 
 // saveState writes the desired state atomically: a temporary file, fsync,
@@ -33,6 +41,13 @@ func (p *Proxy) saveState() {
 	for _, h := range sortedKeys(p.mu.rules) {
 		s.Rules = append(s.Rules, ruleInfos(h, p.mu.rules[h])...)
 	}
+	s.AdaptedLinks = sortedKeys(p.mu.adaptedLinks)
+	for r := range p.mu.adaptedRules {
+		s.AdaptedRules = append(s.AdaptedRules, r)
+	}
+	slices.SortFunc(s.AdaptedRules, func(a, b adapt.Rule) int {
+		return cmp.Or(cmp.Compare(a.Host, b.Host), cmp.Compare(a.Dst, b.Dst), cmp.Compare(a.Src, b.Src), cmp.Compare(a.To, b.To))
+	})
 	p.mu.Unlock()
 	b, _ := json.MarshalIndent(s, "", "  ")
 	if err := writeFileAtomic(filepath.Join(p.cfg.StateDir, stateFile), append(b, '\n')); err != nil {
@@ -96,6 +111,12 @@ func (p *Proxy) restoreState() {
 	for _, ri := range s.Rules {
 		r, _ := parseRuleInfo(ri)
 		p.mu.rules[ri.Host] = append(p.mu.rules[ri.Host], r)
+	}
+	for _, n := range s.AdaptedLinks {
+		p.mu.adaptedLinks[n] = true
+	}
+	for _, r := range s.AdaptedRules {
+		p.mu.adaptedRules[r] = true
 	}
 	p.log.Info("state restored", "file", path, "hosts", len(s.Hosts), "links", len(s.Links), "rules", len(s.Rules))
 }
