@@ -43,6 +43,9 @@ Commands:
   link add A B [--kind K]     open a direct fast-path link between hosts A and B
                               (udp: hole-punched through NATs where needed; tcp)
   link del A B                close it (traffic falls back to the star)
+  migrate VM HOST             move a VM (its MAC or IP) to HOST with the proxy's
+                              --migrate-cmd, then repoint the overlay: the VM keeps
+                              its MAC and IP (waits for the move; no --timeout)
   rule add HOST SRC DST TO    install a rule on HOST: SRC and DST are MAC, any or
                               not:MAC; TO is link:NAME or port:NAME (an optional
                               "->" before TO is allowed)
@@ -195,6 +198,29 @@ func runCtl(ctx context.Context, args []string) error {
 			body["kind"] = *kind
 		}
 		return c.change(method, "links", body)
+	case len(a) == 3 && cmd == "migrate":
+		if !fs.Changed("timeout") {
+			c.http.Timeout = appliance.MigrateTimeout + time.Minute
+		}
+		b, _ := json.Marshal(map[string]string{"vm": a[1], "host": a[2]})
+		out, err := c.do(http.MethodPost, "migrate", b)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			os.Stdout.Write(out)
+			return nil
+		}
+		var r appliance.MigrateResult
+		if err := json.Unmarshal(out, &r); err != nil {
+			return fmt.Errorf("unexpected answer from the daemon: %v", err)
+		}
+		fmt.Printf("moved %s from %s to %s: the move took %d ms, the VM was reachable %d ms after it\n",
+			r.VM, r.From, r.To, r.MoveMS, r.ReachableMS)
+		if r.Note != "" {
+			fmt.Println("note:", r.Note)
+		}
+		return nil
 	case (len(a) == 6 || len(a) == 7) && cmd == "rule" && (a[1] == "add" || a[1] == "del"):
 		r := a[2:]
 		if len(r) == 5 {

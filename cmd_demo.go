@@ -130,7 +130,8 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 			dv := &demoVM{VM: vm, host: name, ln: ln}
 			d.vms = append(d.vms, dv)
 			go d.serve(dv)
-			ports = append(ports, appliance.LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm})
+			// Through a cable, so that the VM can migrate in-process.
+			ports = append(ports, appliance.LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm.Plug()})
 			desc = append(desc, fmt.Sprintf("%s (%s)", vm.Addr(), vm.MAC()))
 		}
 		host, err := appliance.NewHost(appliance.HostConfig{Name: name, Proxies: []tunnel.Endpoint{proxyEP}, Key: key, Infer: demoAccount,
@@ -142,6 +143,7 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 		d.names = append(d.names, name)
 		fmt.Fprintf(d.out, "  host %s VMs %s\n", name, strings.Join(desc, ", "))
 	}
+	d.proxy.SetMigrator(appliance.InProcessMigrator(d.hosts...))
 	return d.waitFor("every host to join the proxy", 10*time.Second, func() bool {
 		up := 0
 		for _, h := range d.proxy.Hosts() {
@@ -158,10 +160,13 @@ func (d *demo) close() {
 		vm.ln.Close()
 	}
 	for _, h := range d.hosts {
-		h.Close() // closes its VMs too
+		h.Close() // unplugs its VMs
 	}
 	if d.proxy != nil {
 		d.proxy.Close()
+	}
+	for _, vm := range d.vms {
+		vm.Close()
 	}
 }
 

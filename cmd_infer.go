@@ -60,9 +60,12 @@ func adaptFlags(fs *pflag.FlagSet) func() appliance.AdaptConfig {
 	dwell := fs.Duration("adapt-dwell", 30*time.Second, "a fast path stays at least this long (damping)")
 	hyst := fs.Float64("adapt-hysteresis", 0.05, "apply a new plan only if it improves the objective by this share (damping)")
 	rate := fs.Int("adapt-max-changes", 20, "apply at most this many changes per minute (damping)")
+	migrate := fs.Bool("adapt-migrate", false, "let the controller also move VMs between hosts (needs --migrate-cmd;\n"+
+		"no host gets more VMs than the busiest has now)")
 	return func() appliance.AdaptConfig {
 		return appliance.AdaptConfig{Enabled: *on, Interval: *interval, Window: *window,
-			Budget: adapt.Budget{MaxLinks: *total, MaxPerHost: *perHost, Share: *share},
-			Damp:   adapt.DampConfig{MinDwell: *dwell, Hysteresis: *hyst, MaxChangesPerMinute: *rate}}
+			Budget:  adapt.Budget{MaxLinks: *total, MaxPerHost: *perHost, Share: *share},
+			Damp:    adapt.DampConfig{MinDwell: *dwell, Hysteresis: *hyst, MaxChangesPerMinute: *rate},
+			Migrate: *migrate}
 	}
 }

@@ -45,6 +45,11 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	dnsServers := fs.StringArray("dns", nil, "with --netstack, relay DNS to this resolver IP[:PORT] (repeatable; default:\n"+
 		"the nameservers of /etc/resolv.conf)")
 	mtu := fs.Int("mtu", 1500, "with --netstack, the segment's IP MTU announced by DHCP")
+	migrateCmd := fs.String("migrate-cmd", "", "run this shell `CMD` to move a VM between hosts (vnet ctl migrate, --adapt-migrate),\n"+
+		"with the VM's MAC, the source and the target host as $1 $2 $3 (also\n"+
+		"VNET_VM, VNET_FROM, VNET_TO, VNET_VM_IPS), e.g. a QEMU or libvirt live-migration\n"+
+		"script; it returns when the VM runs on the target")
+	migrateTimeout := fs.Duration("migrate-timeout", appliance.MigrateTimeout, "give up on a migration (--migrate-cmd) after this long")
 	mkAcct, mkGlobal := accountFlags(fs), globalFlags(fs)
 	mkAdapt := adaptFlags(fs)
 	mkLog := logFlags(fs)
@@ -67,7 +72,7 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 		return err
 	}
 	cfg := appliance.ProxyConfig{Key: key, API: *api, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal(),
-		Adapt: mkAdapt()}
+		Adapt: mkAdapt(), MigrateCmd: *migrateCmd, MigrateTimeout: *migrateTimeout}
 	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
 		return err
 	}

@@ -19,6 +19,9 @@ type AdaptConfig struct {
 	Window   time.Duration // traffic the plan is made for: the last Window of the global matrix (default 30 s)
 	Budget   adapt.Budget
 	Damp     adapt.DampConfig
+	// Migrate lets the plan move VMs (through the proxy's Migrator, e.g.
+	// --migrate-cmd), never beyond the busiest host's current VM count.
+	Migrate bool
 }
 
 func (c AdaptConfig) withDefaults() AdaptConfig {
@@ -133,8 +136,17 @@ func (p *Proxy) plan(cfg AdaptConfig) (adapt.Input, adapt.Plan, adapt.Plan) {
 	} else {
 		// The damper compares objectives for the same, current demands.
 		cur.Objective = adapt.Evaluate(in, cur.Links, in.Placement)
+		if in.Migrate = cfg.Migrate && p.migrator != nil; in.Migrate {
+			load := map[string]int{}
+			for _, h := range in.Placement {
+				load[h]++
+				in.MaxVMsPerHost = max(in.MaxVMsPerHost, load[h])
+			}
+		}
 		desired = adapt.Improve(in, adapt.Greedy(in), 200, uint64(time.Now().UnixNano()))
-		desired.Placement = in.Placement // VMs are not moved: migration is planned, not applied
+		if !in.Migrate {
+			desired.Placement = in.Placement
+		}
 	}
 	p.keepPinned(cur, &desired)
 	return in, cur, desired
@@ -272,8 +284,23 @@ func (p *Proxy) adaptOnce(trigger string) {
 	maps.DeleteFunc(p.mu.adaptedRules, func(r adapt.Rule, _ bool) bool { return !live[r] })
 	p.mu.Unlock()
 	p.saveState()
+	var moves []adapt.Change
 	for _, c := range apply {
 		p.log.Info("adapt: "+changeString(c), "trigger", trigger)
 		p.agg.Note("adapt", changeString(c)+" — "+trigger)
+		if c.Op == "move" {
+			moves = append(moves, c)
+		}
+	}
+	if len(moves) > 0 {
+		// Migrations take long (a hook may copy a VM's memory): run them
+		// one after the other, off the control loop.
+		go func() {
+			for _, c := range moves {
+				if _, err := p.Migrate(p.ctx, c.VM, c.To); err != nil {
+					p.log.Warn("adapt: migration failed", "vm", c.VM, "to", c.To, "err", err)
+				}
+			}
+		}()
 	}
 }

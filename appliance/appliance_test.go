@@ -87,7 +87,8 @@ func (n *testNet) addHosts(nHosts, vmsPer int, acct infer.AccountConfig) {
 			}
 			go echoServer(ln)
 			n.vms = append(n.vms, &testVM{VM: vm, host: name, ln: ln})
-			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm})
+			// Through a cable, so that a test can migrate the VM.
+			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm.Plug()})
 		}
 		host, err := NewHost(HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: n.key,
 			Listen: loopback, Ports: ports, Infer: acct})
@@ -104,6 +105,9 @@ func (n *testNet) addHosts(nHosts, vmsPer int, acct infer.AccountConfig) {
 			h.Close()
 		}
 		n.proxy.Close()
+		for _, vm := range n.vms {
+			vm.Close()
+		}
 	})
 	n.waitHostsUp(nHosts)
 }

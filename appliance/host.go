@@ -92,8 +92,9 @@ type Host struct {
 		fails     map[string]int    // consecutive failed attempts per fast link
 		stunPorts []uint16
 		nat       nat.Result
-		announced string // JSON of the MACs last announced on fast links
-		sent      []byte // last status sent
+		announced string                 // JSON of the MACs last announced on fast links
+		ports     map[string]bridge.Port // VM-facing ports, by name
+		sent      []byte                 // last status sent
 		sentAt    time.Time
 	}
 }
@@ -127,6 +128,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	log := discardIfNil(cfg.Log).With("host", cfg.Name)
 	h := &Host{cfg: cfg, log: log, start: time.Now()}
 	h.mu.desired = map[string]fastLink{}
+	h.mu.ports = map[string]bridge.Port{}
 	h.mu.dialers = map[string]func(){}
 	h.mu.fast = map[string]*tunnel.Link{}
 	h.mu.fastErr = map[string]string{}
@@ -156,6 +158,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 		if err := h.sw.AddPort(p.Name, bridge.RoleLocal, p.Port); err != nil {
 			return nil, fmt.Errorf("port %s: %w", p.Name, err)
 		}
+		h.mu.ports[p.Name] = p.Port
 	}
 	for _, ep := range cfg.Listen {
 		switch {
@@ -320,6 +323,13 @@ func (h *Host) onStarControl(l *tunnel.Link, b []byte) {
 			reply.Decision = d
 		}
 		l.SendControl(encodeCtrl(&reply))
+	case opForget:
+		for _, s := range m.MACs {
+			if mac, err := bridge.ParseMAC(s); err == nil && h.sw.Forget(mac) {
+				h.log.Info("forgot a VM that moved", "mac", s)
+			}
+		}
+		h.kickStatus()
 	default:
 		h.log.Debug("ignored control message", "op", m.Op)
 	}

@@ -36,7 +36,12 @@ type ProxyConfig struct {
 	Infer    infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
 	Global   infer.GlobalConfig  // aggregation, smoothing, change detection; zero: defaults
 	Adapt    AdaptConfig         // the adaptation controller; off unless Enabled
-	Log      *slog.Logger
+	// Migrator moves VMs (`vnet ctl migrate`, and the controller when
+	// Adapt.Migrate); nil: MigrateCmd if set, else VMs are not moved.
+	Migrator       Migrator
+	MigrateCmd     string        // --migrate-cmd: see CommandMigrator
+	MigrateTimeout time.Duration // bounds one migration; 0: MigrateTimeout
+	Log            *slog.Logger
 }
 
 // Proxy is the running hub of the star and the authority on desired state.
@@ -54,6 +59,8 @@ type Proxy struct {
 	api       *apiServer
 	start     time.Time
 	reported  chan struct{} // a host reported new pairs or quiet ones: re-evaluate soon
+	migrator  Migrator
+	migrating sync.Mutex // one migration at a time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -115,6 +122,10 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	p.acct = infer.NewAccountant(cfg.Infer)
 	p.agg = infer.NewAggregator(cfg.Global)
 	p.damper = adapt.NewDamper(cfg.Adapt.withDefaults().Damp)
+	p.migrator = cfg.Migrator
+	if p.migrator == nil && cfg.MigrateCmd != "" {
+		p.migrator = CommandMigrator(cfg.MigrateCmd, p)
+	}
 	p.sw = bridge.New(bridge.Config{Log: log, Observer: accountObserver{p.acct}})
 	cleanup = append(cleanup, p.sw.Close)
 	for _, lp := range cfg.Ports {

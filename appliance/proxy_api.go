@@ -346,6 +346,19 @@ func (p *Proxy) routes() *http.ServeMux {
 		name, err := p.delLink(lr.A, lr.B)
 		return map[string]string{"removed": name}, err
 	}))
+	mux.HandleFunc("POST /api/v1/migrate", handle(func(r *http.Request) (any, error) {
+		var mr struct {
+			VM   string `json:"vm"`
+			Host string `json:"host"`
+		}
+		if err := decodeBody(r, &mr); err != nil {
+			return nil, err
+		}
+		if mr.VM == "" || mr.Host == "" {
+			return nil, badRequest(`migrate wants {"vm": MAC or IP, "host": NAME}`)
+		}
+		return p.Migrate(r.Context(), mr.VM, mr.Host)
+	}))
 	mux.HandleFunc("POST /api/v1/rules", handle(func(r *http.Request) (any, error) {
 		var ri RuleInfo
 		if err := decodeBody(r, &ri); err != nil {

@@ -138,6 +138,7 @@ const (
 	opLookupOK = "lookup-reply"
 	opAnnounce = "announce" // host -> host over a fast link: the sender's VM MACs
 	opMatrix   = "matrix"   // host -> proxy: matrixReport, its local traffic since the last one
+	opForget   = "forget"   // proxy -> host: MACs that moved; drop what the switch learned of them
 )
 
 type ctrlMsg struct {

@@ -197,3 +197,13 @@ func (t *macTable) snapshot(now int64) []MACEntry {
 	}
 	return out
 }
+
+// forget drops mac's entry, learned or announced; it reports whether there
+// was one.
+func (t *macTable) forget(mac MAC) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.entries[mac]
+	delete(t.entries, mac)
+	return ok
+}

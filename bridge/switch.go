@@ -123,6 +123,19 @@ func (s *Switch) AddPort(name string, role Role, p Port) error {
 	return nil
 }
 
+// Forget drops what the switch knows of where mac is (after a VM moved):
+// frames to it are flooded until it is learned again. It reports whether
+// the MAC was known.
+func (s *Switch) Forget(mac MAC) bool { return s.macs.forget(mac) }
+
+// Where returns the port a frame to mac would go to, if the switch knows.
+func (s *Switch) Where(mac MAC) (string, bool) {
+	if p := s.macs.lookup(mac, time.Now().UnixNano()); p != nil {
+		return p.name, true
+	}
+	return "", false
+}
+
 // RemovePort detaches and closes the port called name, forgets the MACs
 // learned on it and waits for its goroutines. It reports whether it existed.
 func (s *Switch) RemovePort(name string) bool {

@@ -25,6 +25,11 @@ import (
 // Frames longer than len(bufs[i])-offset are dropped and counted
 // (TxDropTooBig), never truncated. After Close it returns net.ErrClosed.
 func (v *VM) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return v.read(bufs, sizes, offset, nil)
+}
+
+// read is Read that also returns net.ErrClosed when unplug is closed.
+func (v *VM) read(bufs [][]byte, sizes []int, offset int, unplug <-chan struct{}) (int, error) {
 	limit := min(len(bufs), len(sizes))
 	if limit == 0 {
 		return 0, nil
@@ -38,6 +43,9 @@ func (v *VM) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		select {
 		case pkt = <-v.link.q:
 		case <-v.done:
+			v.stats.add(&v.stats.txDropTooBig, tooBig)
+			return 0, net.ErrClosed
+		case <-unplug:
 			v.stats.add(&v.stats.txDropTooBig, tooBig)
 			return 0, net.ErrClosed
 		}
