@@ -223,5 +223,6 @@ func (p *Proxy) adaptOnce(trigger string) {
 	for _, c := range apply {
 		p.log.Info("adapt: "+changeString(c), "trigger", trigger)
 		p.agg.Note("adapt", changeString(c)+" — "+trigger)
+		p.adaptActions.add(c.Op)
 	}
 }

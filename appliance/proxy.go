@@ -55,6 +55,8 @@ type Proxy struct {
 	start     time.Time
 	reported  chan struct{} // a host reported new pairs or quiet ones: re-evaluate soon
 
+	adaptActions opCounts // changes the controller applied, by op (metrics)
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
