@@ -44,7 +44,7 @@ Examples:
 			"carries udp:// star links, STUN and hole punching); port 0 picks a free port\n"+
 			"(default tcp://:0, plus udp://:0 when a --proxy is udp:// or quic://)")
 	stun := fs.StringArray("stun", nil, "an extra STUN server HOST:PORT (repeatable); the proxy's own are always used")
-	api := fs.String("api", "", "control API address for a local view (loopback only), e.g. 127.0.0.1:7778")
+	api := fs.String("api", "", "control API address for a local view and Prometheus /metrics (loopback only), e.g. 127.0.0.1:7778")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it")
 	qemuSockets := fs.StringArray("qemu-socket", nil, "listen on unix socket PATH for a QEMU stream netdev")
 	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")

@@ -35,7 +35,7 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 		"where hosts connect (repeatable): tcp://[ADDR]:PORT, udp://... (also answers STUN, with a\n"+
 			"second STUN port next to it) or quic://...")
 	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
-	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only); empty to disable")
+	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only; also serves Prometheus /metrics); empty to disable")
 	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
 	netstack := fs.String("netstack", "", "be the segment's gateway without root: CIDR is the segment and the gateway's\n"+

@@ -288,6 +288,7 @@ func (p *Proxy) adaptOnce(trigger string) {
 	for _, c := range apply {
 		p.log.Info("adapt: "+changeString(c), "trigger", trigger)
 		p.agg.Note("adapt", changeString(c)+" — "+trigger)
+		p.adaptActions.add(c.Op)
 		if c.Op == "move" {
 			moves = append(moves, c)
 		}

@@ -46,6 +46,7 @@ type testNet struct {
 	proxyEP tunnel.Endpoint
 	hosts   map[string]*Host
 	vms     []*testVM
+	hostAPI bool // hosts serve the control API on loopback
 }
 
 // newTestNet starts a proxy and nHosts hosts with vmsPer netstack VMs each,
@@ -90,8 +91,12 @@ func (n *testNet) addHosts(nHosts, vmsPer int, acct infer.AccountConfig) {
 			// Through a cable, so that a test can migrate the VM.
 			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm.Plug()})
 		}
-		host, err := NewHost(HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: n.key,
-			Listen: loopback, Ports: ports, Infer: acct})
+		hc := HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: n.key,
+			Listen: loopback, Ports: ports, Infer: acct}
+		if n.hostAPI {
+			hc.API = "127.0.0.1:0"
+		}
+		host, err := NewHost(hc)
 		if err != nil {
 			t.Fatal(err)
 		}

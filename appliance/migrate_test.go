@@ -80,7 +80,6 @@ func TestMigrateInProcess(t *testing.T) {
 		}
 	}
 
-
 	res, err := n.proxy.Migrate(ctx, b.Addr().String(), "h3")
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,8 @@ type Proxy struct {
 	migrator  Migrator
 	migrating sync.Mutex // one migration at a time
 
+	adaptActions opCounts // changes the controller applied, by op (metrics)
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -115,6 +116,10 @@ type AggregatorStats struct {
 	Duplicates    uint64 `json:"duplicates"`     // reports dropped as a repeated (host, seq)
 	DroppedEvents uint64 `json:"dropped_events"` // events a slow subscriber missed
 	Subscribers   int    `json:"subscribers"`
+	// Events counts every event emitted since the start, by kind
+	// (EventTopologyChange, EventQuiet, and Note's kinds), however many
+	// the history still holds.
+	Events map[string]uint64 `json:"events"`
 }
 
 // pairCounts is traffic of a pair; in a second's bucket, from is when the
@@ -173,7 +178,8 @@ type Aggregator struct {
 		ticks int
 	}
 
-	events  []Event // ring of the last History events, oldest first
+	events  []Event           // ring of the last History events, oldest first
+	kinds   map[string]uint64 // events emitted, by kind
 	nextSeq uint64
 	subs    map[*subscriber]struct{}
 }
@@ -187,6 +193,7 @@ func NewAggregator(cfg GlobalConfig) *Aggregator {
 		buckets: make([]secBucket, n),
 		seen:    map[string]map[uint64]time.Time{},
 		quiet:   map[pairKey]time.Time{},
+		kinds:   map[string]uint64{},
 		nextSeq: 1,
 		win: struct {
 			lo  int64
@@ -636,6 +643,7 @@ func tvDistance(a, b map[pairKey]float64) float64 {
 func (g *Aggregator) emitLocked(ev Event) {
 	ev.Seq = g.nextSeq
 	g.nextSeq++
+	g.kinds[ev.Kind]++
 	if len(g.events) >= g.cfg.History {
 		copy(g.events, g.events[1:])
 		g.events = g.events[:len(g.events)-1]
@@ -693,6 +701,7 @@ func (g *Aggregator) Stats() AggregatorStats {
 	defer g.mu.Unlock()
 	s := g.stats
 	s.Subscribers = len(g.subs)
+	s.Events = maps.Clone(g.kinds)
 	return s
 }
 

@@ -337,6 +337,9 @@ func TestAggregatorQuiet(t *testing.T) {
 	if len(evs) != 1 || evs[0].Kind != EventQuiet {
 		t.Fatalf("timeout quiet: %+v", evs)
 	}
+	if n := g.Stats().Events; n[EventTopologyChange] != 2 || n[EventQuiet] != 2 || len(n) != 2 {
+		t.Fatalf("Stats().Events = %v, want 2 of each kind", n)
+	}
 }
 
 // cycle produces two events: a declared ring, then quiet.
