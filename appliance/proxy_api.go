@@ -385,6 +385,7 @@ func (p *Proxy) routes() *http.ServeMux {
 	}))
 	mux.HandleFunc("GET /api/v1/topology", handle(func(*http.Request) (any, error) { return p.agg.Topology(), nil }))
 	mux.HandleFunc("GET /api/v1/events", p.serveEvents)
+	dashboardRoutes(mux, p.ctx, p.snapshot)
 	mux.HandleFunc("GET /api/v1/plan", handle(func(*http.Request) (any, error) { return p.planResult(), nil }))
 	mux.HandleFunc("GET /api/v1/export", handle(func(*http.Request) (any, error) {
 		var b bytes.Buffer
