@@ -29,6 +29,15 @@ func NewDamper(cfg DampConfig) *Damper {
 	return &Damper{cfg: cfg, born: map[HostPair]time.Time{}, wanted: map[HostPair]time.Time{}}
 }
 
+// Reset forgets every link's history and the changes counted.
+func (d *Damper) Reset() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	clear(d.born)
+	clear(d.wanted)
+	d.history = nil
+}
+
 func ruleLink(r *Rule) (HostPair, bool) {
 	name, ok := strings.CutPrefix(r.To, "link:")
 	if !ok || strings.HasPrefix(name, "star-") {

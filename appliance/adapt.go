@@ -305,3 +305,35 @@ func (p *Proxy) adaptOnce(trigger string) {
 		}()
 	}
 }
+
+// SetAdapting pauses (false) or resumes (true) the adaptation controller,
+// with the settings of ProxyConfig.Adapt. Paused, it changes nothing; what
+// it made stays (see DropAdapted).
+func (p *Proxy) SetAdapting(on bool) { p.adaptOn.Store(on) }
+
+// DropAdapted removes every fast path and rule the controller made (not
+// the operator's) and forgets its damping history: the overlay is back to
+// what the operator built.
+func (p *Proxy) DropAdapted() error {
+	err := p.change(func(d *desired) error {
+		for name := range p.mu.adaptedLinks {
+			delete(d.links, name)
+		}
+		for h, rs := range d.rules {
+			d.rules[h] = slices.DeleteFunc(rs, func(r bridge.Rule) bool {
+				return p.mu.adaptedRules[adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()}]
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	clear(p.mu.adaptedLinks)
+	clear(p.mu.adaptedRules)
+	p.mu.Unlock()
+	p.damper.Reset()
+	p.saveState()
+	return nil
+}

@@ -278,5 +278,3 @@ func (p *cdpPage) screenshot() ([]byte, error) {
 	}
 	return base64.StdEncoding.DecodeString(r.Data)
 }
-
-

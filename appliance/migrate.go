@@ -275,7 +275,7 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 		"reachable_ms", res.ReachableMS)
 	p.agg.Note("migrate", fmt.Sprintf("moved %s from %s to %s (move %d ms, reachable %d ms later)",
 		vm.MAC, vm.Host, to, res.MoveMS, res.ReachableMS))
-	if p.cfg.Adapt.Enabled {
+	if p.adaptOn.Load() {
 		go p.adaptOnce("migration of " + vm.MAC)
 	}
 	return res, nil

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"vnet/adapt"
@@ -21,6 +22,8 @@ import (
 	"vnet/nat"
 	"vnet/topo"
 	"vnet/tunnel"
+
+	"golang.org/x/time/rate"
 )
 
 // LookupTimeout bounds one hop's answer to a route query.
@@ -41,7 +44,10 @@ type ProxyConfig struct {
 	Migrator       Migrator
 	MigrateCmd     string        // --migrate-cmd: see CommandMigrator
 	MigrateTimeout time.Duration // bounds one migration; 0: MigrateTimeout
-	Log            *slog.Logger
+	// StarMbps, if > 0, emulates a WAN at the proxy (vnet demo): all star
+	// links together carry at most this much from the proxy to the hosts.
+	StarMbps float64
+	Log      *slog.Logger
 }
 
 // Proxy is the running hub of the star and the authority on desired state.
@@ -60,7 +66,9 @@ type Proxy struct {
 	start     time.Time
 	reported  chan struct{} // a host reported new pairs or quiet ones: re-evaluate soon
 	migrator  Migrator
-	migrating sync.Mutex // one migration at a time
+	starLimit *rate.Limiter // ProxyConfig.StarMbps
+	adaptOn   atomic.Bool   // the controller runs (ProxyConfig.Adapt.Enabled, SetAdapting)
+	migrating sync.Mutex    // one migration at a time
 
 	adaptActions opCounts // changes the controller applied, by op (metrics)
 
@@ -125,6 +133,10 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	p.agg = infer.NewAggregator(cfg.Global)
 	p.damper = adapt.NewDamper(cfg.Adapt.withDefaults().Damp)
 	p.migrator = cfg.Migrator
+	p.adaptOn.Store(cfg.Adapt.Enabled)
+	if cfg.StarMbps > 0 {
+		p.starLimit = rate.NewLimiter(rate.Limit(cfg.StarMbps*1e6/8), 64<<10)
+	}
 	if p.migrator == nil && cfg.MigrateCmd != "" {
 		p.migrator = CommandMigrator(cfg.MigrateCmd, p)
 	}
@@ -340,7 +352,11 @@ func (p *Proxy) runHost(name string, link *tunnel.Link) {
 		old.Close()
 	}
 	p.sw.RemovePort(port)
-	if err := p.sw.AddPort(port, bridge.RoleStar, link); err != nil {
+	var sp bridge.Port = link
+	if p.starLimit != nil {
+		sp = bridge.Shape(link, p.starLimit)
+	}
+	if err := p.sw.AddPort(port, bridge.RoleStar, sp); err != nil {
 		p.log.Error("cannot attach star link", "name", name, "err", err)
 		link.Close()
 		return
@@ -637,12 +653,12 @@ func (p *Proxy) routineInfer() {
 		case <-p.ctx.Done():
 			return
 		case <-replan.C:
-			if acfg.Enabled {
+			if p.adaptOn.Load() {
 				p.adaptOnce("periodic re-plan")
 			}
 		case ev := <-events:
 			p.logEvent(ev)
-			if acfg.Enabled && ev.Kind == infer.EventTopologyChange && ev.Topology != nil {
+			if p.adaptOn.Load() && ev.Kind == infer.EventTopologyChange && ev.Topology != nil {
 				p.adaptOnce(fmt.Sprintf("topology change to %s", ev.Topology.Archetype))
 			}
 		case <-t.C:

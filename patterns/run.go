@@ -74,6 +74,9 @@ type Config struct {
 	// peer that is not up, or makes no progress, for this long fails the
 	// run. 0 means DefaultTimeout; it does not bound the whole run.
 	Timeout time.Duration
+	// OnIter, if set, is called after every iteration with the number done
+	// so far (for progress and rates measured while the run goes on).
+	OnIter func(done int)
 }
 
 // Result is one rank's outcome.
@@ -200,6 +203,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		t2 := time.Now()
 		tComp += t1.Sub(t0)
 		tComm += t2.Sub(t1)
+		if cfg.OnIter != nil {
+			cfg.OnIter(it + 1)
+		}
 	}
 	el := time.Since(start)
 	res.Seconds = el.Seconds()

@@ -1,0 +1,32 @@
+package bridge
+
+import (
+	"context"
+
+	"golang.org/x/time/rate"
+)
+
+// Shape returns p with its Writes (frames to the far end) held to limiter's
+// rate: frames wait in the switch's queue for p, and beyond it are dropped
+// and counted, as at a WAN's bottleneck. Several ports may share one
+// limiter (one uplink for all). It is for emulation (vnet demo), not for
+// production traffic policy.
+func Shape(p Port, limiter *rate.Limiter) Port { return &shapedPort{Port: p, l: limiter} }
+
+type shapedPort struct {
+	Port
+	l *rate.Limiter
+}
+
+func (s *shapedPort) Write(bufs [][]byte, offset int) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		n += max(0, len(b)-offset)
+	}
+	for burst := s.l.Burst(); n > 0; n -= burst {
+		if err := s.l.WaitN(context.Background(), min(n, burst)); err != nil {
+			return 0, err
+		}
+	}
+	return s.Port.Write(bufs, offset)
+}
