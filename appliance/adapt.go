@@ -81,6 +81,19 @@ func (p *Proxy) adaptInput(cfg AdaptConfig) (adapt.Input, adapt.Plan) {
 			}
 		}
 	}
+	// A direct link whose capacity nothing has measured yet (no sender was
+	// backlogged on it) is taken to be as good as the best measured one:
+	// priced at a default, it would look worse than two measured hops.
+	best := 0.0
+	for _, c := range in.Costs {
+		best = max(best, c.Mbps)
+	}
+	for pair, c := range in.Costs {
+		if c.Mbps == 0 && best > 0 {
+			c.Mbps = best
+			in.Costs[pair] = c
+		}
+	}
 	// A pair without a direct link of its own is estimated from its two
 	// star links (no probe of its own).
 	for i, a := range in.Hosts {
@@ -215,6 +228,9 @@ func changeString(c adapt.Change) string {
 
 // adaptOnce plans and applies what the damper lets through.
 func (p *Proxy) adaptOnce(trigger string) {
+	if p.moving.Load() > 0 {
+		return // the placement is changing; the migration re-plans when done
+	}
 	cfg := p.cfg.Adapt.withDefaults()
 	_, cur, want := p.plan(cfg)
 	apply, held, why := p.damper.Filter(time.Now(), cur, want)

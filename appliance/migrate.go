@@ -102,6 +102,15 @@ func InProcessMigrator(hosts ...*Host) Migrator {
 			return fmt.Errorf("attaching on %s: %w (the VM stays on %s)", to, err, from)
 		}
 		vm.Announce()
+		// Report the VM's new place at once, not at the next status tick.
+		hw, _ := bridge.ParseMAC(mac)
+		for i := 0; i < 100; i++ {
+			if _, ok := dst.sw.Where(hw); ok {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		dst.kickStatus()
 		return nil
 	}
 }
@@ -210,6 +219,10 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 		return res, &apiError{http.StatusConflict, "another migration is running; try again when it is done"}
 	}
 	defer p.migrating.Unlock()
+	// The controller waits: until the hosts report the VM at its new
+	// place, a plan would route to the old one.
+	p.moving.Add(1)
+	defer p.moving.Add(-1)
 	timeout := p.cfg.MigrateTimeout
 	if timeout <= 0 {
 		timeout = MigrateTimeout
@@ -271,12 +284,27 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 		time.Sleep(5 * time.Millisecond)
 	}
 	res.ReachableMS = time.Since(moved).Milliseconds()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		where := ""
+		for _, v := range p.vms() {
+			if v.MAC == vm.MAC {
+				where += v.Host + " "
+			}
+		}
+		if where == to+" " {
+			break
+		}
+	}
 	p.log.Info("migrate: VM moved", "vm", vm.MAC, "from", vm.Host, "to", to, "move_ms", res.MoveMS,
 		"reachable_ms", res.ReachableMS)
 	p.agg.Note("migrate", fmt.Sprintf("moved %s from %s to %s (move %d ms, reachable %d ms later)",
 		vm.MAC, vm.Host, to, res.MoveMS, res.ReachableMS))
 	if p.adaptOn.Load() {
-		go p.adaptOnce("migration of " + vm.MAC)
+		go func() {
+			p.migrating.Lock() // after this migration's deferred unlocks
+			p.migrating.Unlock()
+			p.adaptOnce("migration of " + vm.MAC)
+		}()
 	}
 	return res, nil
 }

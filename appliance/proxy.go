@@ -68,6 +68,7 @@ type Proxy struct {
 	migrator  Migrator
 	starLimit *rate.Limiter // ProxyConfig.StarMbps
 	adaptOn   atomic.Bool   // the controller runs (ProxyConfig.Adapt.Enabled, SetAdapting)
+	moving    atomic.Int32  // migrations under way: the controller waits
 	migrating sync.Mutex    // one migration at a time
 
 	adaptActions opCounts // changes the controller applied, by op (metrics)
