@@ -23,7 +23,6 @@ import (
 	"vnet/appliance"
 	"vnet/bridge"
 	"vnet/bridge/netvm"
-	"vnet/infer"
 	"vnet/patterns"
 	"vnet/tunnel"
 )
@@ -106,8 +105,6 @@ Examples:
 	return nil
 }
 
-// demoAccount makes inference react within a second, for a short demo.
-var demoAccount = infer.AccountConfig{TimeBound: 250 * time.Millisecond, TMax: 250 * time.Millisecond, TWait: 2 * time.Second}
 
 // demoAdapt re-plans often and damps little: a demo changes its pattern
 // every few seconds on purpose.
@@ -145,8 +142,8 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 	if err != nil {
 		return err
 	}
-	d.proxy, err = appliance.NewProxy(appliance.ProxyConfig{Key: key, API: api, Log: d.log, Infer: demoAccount,
-		Global: infer.GlobalConfig{Window: 3 * time.Second}, Adapt: demoAdapt, StarMbps: d.starMbit,
+	d.proxy, err = appliance.NewProxy(appliance.ProxyConfig{Key: key, API: api, Log: d.log,
+		Adapt: demoAdapt, StarMbps: d.starMbit,
 		Listen: []tunnel.Endpoint{{Kind: "udp", Addr: "127.0.0.1:0"}, {Kind: "tcp", Addr: "127.0.0.1:0"}}})
 	if err != nil {
 		return err
@@ -180,7 +177,7 @@ func (d *demo) build(nHosts, nVMs int, api string) error {
 			ports = append(ports, appliance.LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm.Plug()})
 			desc = append(desc, fmt.Sprintf("%s (%s)", vm.Addr(), vm.MAC()))
 		}
-		host, err := appliance.NewHost(appliance.HostConfig{Name: name, Proxies: []tunnel.Endpoint{proxyEP}, Key: key, Infer: demoAccount,
+		host, err := appliance.NewHost(appliance.HostConfig{Name: name, Proxies: []tunnel.Endpoint{proxyEP}, Key: key,
 			Listen: loopbackListen, Ports: ports, Log: d.log})
 		if err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -537,6 +538,9 @@ const reportLead = time.Second
 // rate far above the pair's.
 const minSpan = 250 * time.Millisecond
 
+// rateHalfLife is how fast old traffic loses weight in inferLocked.
+const rateHalfLife = time.Second
+
 // inferLocked infers the topology of the window's traffic, judging each
 // pair by its best recent rate — the highest average rate over any
 // suffix of the window (its traffic since second s, over the time since
@@ -553,7 +557,7 @@ func (g *Aggregator) inferLocked(now time.Time, win map[pairKey]pairCounts) Topo
 	// A suffix's rate only rises where the pair has traffic (elsewhere
 	// its span grows), so the best is found at those seconds alone.
 	type acc struct {
-		suffix uint64
+		suffix float64
 		best   float64
 	}
 	accs := make([]acc, 0, len(win))
@@ -574,8 +578,12 @@ func (g *Aggregator) inferLocked(now time.Time, win map[pairKey]pairCounts) Topo
 				if c.from != 0 {
 					span = max(float64(now.UnixNano()-c.from)/1e9, minSpan.Seconds())
 				}
-				a.suffix += c.bytes
-				a.best = max(a.best, float64(a.suffix)/span)
+				// Older traffic counts less (half its weight per
+				// rateHalfLife of age): a pattern that has slowed down,
+				// or stopped while the next one runs, leaves the judgement
+				// in a few half-lives instead of the whole window.
+				a.suffix += float64(c.bytes) * math.Exp2(-max(0, now.Sub(time.Unix(s, 0)).Seconds()-1)/rateHalfLife.Seconds())
+				a.best = max(a.best, a.suffix/span)
 			}
 		}
 	}
