@@ -43,6 +43,9 @@ Commands:
   link add A B [--kind K]     open a direct fast-path link between hosts A and B
                               (udp: hole-punched through NATs where needed; tcp)
   link del A B                close it (traffic falls back to the star)
+  adapt on|off|reset          turn the adaptation controller on or off (off: it changes
+                              nothing, what it made stays); reset removes the fast
+                              paths and rules it made
   migrate VM HOST             move a VM (its MAC or IP) to HOST with the proxy's
                               --migrate-cmd, then repoint the overlay: the VM keeps
                               its MAC and IP (waits for the move; no --timeout)
@@ -198,6 +201,12 @@ func runCtl(ctx context.Context, args []string) error {
 			body["kind"] = *kind
 		}
 		return c.change(method, "links", body)
+	case len(a) == 2 && cmd == "adapt" && (a[1] == "on" || a[1] == "off" || a[1] == "reset"):
+		body := map[string]any{"on": a[1] == "on"}
+		if a[1] == "reset" {
+			body = map[string]any{"reset": true}
+		}
+		return c.change(http.MethodPost, "adapt", body)
 	case len(a) == 3 && cmd == "migrate":
 		if !fs.Changed("timeout") {
 			c.http.Timeout = appliance.MigrateTimeout + time.Minute

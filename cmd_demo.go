@@ -105,7 +105,6 @@ Examples:
 	return nil
 }
 
-
 // demoAdapt re-plans often and damps little: a demo changes its pattern
 // every few seconds on purpose.
 var demoAdapt = appliance.AdaptConfig{Enabled: false, Interval: time.Second, Window: 3 * time.Second,

@@ -10,10 +10,11 @@ package main
 //	             ├──── ...
 //	             └──── pu4 ── u4  (host h4; TAPs t41 t42 -> ns v41 v42)
 //
-// `vnet patterns` all2all across the eight VMs runs first on the star (the
-// proxy without --adapt), then, after the proxy is restarted with --adapt,
-// once the controller has added its fast paths on its own. The adapted run
-// must be clearly faster; when the workload stops the fast paths age out.
+// `vnet patterns` all2all across the eight VMs runs on the star (the
+// controller off), with every host pair linked by hand from the start, and
+// with the controller on, once it has added its fast paths by itself. The
+// adapted run must be clearly faster than the star; when the workload
+// stops the fast paths age out.
 // Needs root; skipped otherwise. It reuses the plumbing of e2e_netns_test.go.
 
 import (
@@ -21,6 +22,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,11 +88,16 @@ func TestE2EAdapt(t *testing.T) {
 		}
 	})
 
-	var star, adapted float64
-	steps := []struct {
+	// VNET_ADAPT_TOPOLOGIES (bench/adapt.sh) runs more patterns; CI runs all2all.
+	topos := []string{"all2all"}
+	if v := os.Getenv("VNET_ADAPT_TOPOLOGIES"); v != "" {
+		topos = strings.Split(v, ",")
+	}
+	type step struct {
 		name string
 		f    func(t *testing.T)
-	}{
+	}
+	steps := []step{
 		{"build", e.build},
 		{"underlay", func(t *testing.T) {
 			e.vmUnderlay(t, e2eAdaptHosts)
@@ -100,67 +107,104 @@ func TestE2EAdapt(t *testing.T) {
 					"rate", fmt.Sprintf("%dmbit", e2eAdaptMbit), "burst", "16kb", "latency", "50ms")
 			}
 		}},
-		{"daemons", func(t *testing.T) { e.vmDaemons(t, e2eAdaptHosts, e2eAdaptVMsPer) }},
-		{"star", func(t *testing.T) {
-			star = e.patternsRate(t, "all2all", 7600, e2eAdaptIters)
-			if n := e.fastLinks(t); len(n) != 0 {
-				t.Fatalf("fast paths without --adapt: %v", n)
-			}
-			t.Logf("ADAPT: star only: all2all(8) %.2f iterations/s (proxy shaped to %d Mbit/s)", star, e2eAdaptMbit)
-		}},
-		{"adapt_on", func(t *testing.T) {
-			e.expect[e.proxy] = false
-			if err := e.proxy.Kill(); err != nil {
-				t.Fatal(err)
-			}
-			e.inferProxy(t, "proxy-adapt.log", "--adapt", "--adapt-interval", "1s", "--adapt-window", "5s",
+		{"daemons", func(t *testing.T) {
+			e.vmDaemons(t, e2eAdaptHosts, e2eAdaptVMsPer, "--adapt", "--adapt-interval", "1s", "--adapt-window", "5s",
 				"--adapt-dwell", "5s", "--adapt-hysteresis", "0.01")
-			e.waitHostsUp(t, 30*time.Second)
-			ranks := e.startRanks(t, "all2all", 7700)
-			start := time.Now()
-			// all2all over four hosts wants all six host pairs; each host has
-			// three, the default budget per host.
-			want := e2eAdaptHosts * (e2eAdaptHosts - 1) / 2
-			e.waitFor(t, fmt.Sprintf("%d fast paths up", want), 60*time.Second, func() (bool, string) {
-				for _, p := range ranks {
-					if exited, err := p.Exited(); exited {
-						t.Fatalf("rank %s exited (%v); its log:\n%s", p.Name, err, p.Output())
-					}
-				}
-				up := e.fastLinks(t)
-				return len(up) == want, fmt.Sprint(up)
-			})
-			t.Logf("ADAPT: %d fast paths up %v after the workload started", want, time.Since(start).Round(time.Millisecond))
-			e.stopRanks(t, ranks)
-			e.waitRoute(t, e.vm("v11"), e.vm("v21"), e2eRouteFast, 10*time.Second)
-		}},
-		{"adapted", func(t *testing.T) {
-			adapted = e.patternsRate(t, "all2all", 7800, 10*e2eAdaptIters)
-			t.Logf("ADAPT: adapted: all2all(8) %.2f iterations/s, %.2fx the star's %.2f", adapted, adapted/star, star)
-			if adapted < 1.5*star {
-				t.Errorf("adapted all2all runs %.2f iterations/s, star %.2f: want at least 1.5x", adapted, star)
-			}
-		}},
-		{"age_out", func(t *testing.T) {
-			start := time.Now()
-			e.waitFor(t, "the fast paths to age out", 60*time.Second, func() (bool, string) {
-				var ls []e2eLinkJSON
-				if err := e.ctl(&ls, "links"); err != nil {
-					return false, err.Error()
-				}
-				var fast []string
-				for _, l := range ls {
-					if l.Role == "fast" {
-						fast = append(fast, l.Name)
-					}
-				}
-				return len(fast) == 0, fmt.Sprint(fast)
-			})
-			t.Logf("ADAPT: fast paths gone %v after the workload stopped (window 5 s, dwell 5 s)",
-				time.Since(start).Round(time.Millisecond))
-			e.allPairs(t, 15*time.Second)
+			e.ctlOK(t, "adapt", "off")
 		}},
 	}
+	for i, topo := range topos {
+		port := 7600 + 100*i
+		var star float64
+		steps = append(steps,
+			step{topo + "_star", func(t *testing.T) {
+				e.ctlOK(t, "adapt", "off")
+				e.ctlOK(t, "adapt", "reset")
+				e.waitFor(t, "no fast paths", 30*time.Second, func() (bool, string) {
+					n := e.fastLinks(t)
+					return len(n) == 0, fmt.Sprint(n)
+				})
+				star = e.patternsRate(t, topo, port, e2eAdaptIters)
+				t.Logf("ADAPT: %s star only: %.2f iterations/s (proxy shaped to %d Mbit/s)", topo, star, e2eAdaptMbit)
+			}},
+			step{topo + "_fast_from_start", func(t *testing.T) {
+				// The hand-built optimum to compare with: every host pair
+				// linked before the workload starts.
+				var names []string
+				for a := 1; a <= e2eAdaptHosts; a++ {
+					for b := a + 1; b <= e2eAdaptHosts; b++ {
+						e.ctlOK(t, "link", "add", fmt.Sprintf("h%d", a), fmt.Sprintf("h%d", b))
+						names = append(names, fmt.Sprintf("h%d-h%d", a, b))
+					}
+				}
+				e.waitFor(t, "all fast paths up", 30*time.Second, func() (bool, string) {
+					n := e.fastLinks(t)
+					return len(n) == len(names), fmt.Sprint(n)
+				})
+				full := e.patternsRate(t, topo, port+1, 10*e2eAdaptIters)
+				t.Logf("ADAPT: %s fast paths from the start (all %d pairs, by hand): %.2f iterations/s, %.2fx the star",
+					topo, len(names), full, full/star)
+				for _, n := range names {
+					a, b, _ := strings.Cut(n, "-")
+					e.ctlOK(t, "link", "del", a, b)
+				}
+				e.waitFor(t, "no fast paths", 30*time.Second, func() (bool, string) {
+					n := e.fastLinks(t)
+					return len(n) == 0, fmt.Sprint(n)
+				})
+			}},
+			step{topo + "_adapt", func(t *testing.T) {
+				ranks := e.startRanks(t, topo, port+2)
+				time.Sleep(2 * time.Second) // the workload runs on the star first, as an application would
+				e.ctlOK(t, "adapt", "on")
+				start := time.Now()
+				// Settled: fast paths up and the set unchanged for 3 s.
+				var last []string
+				var since time.Time
+				e.waitFor(t, "the controller's fast paths to settle", 60*time.Second, func() (bool, string) {
+					for _, p := range ranks {
+						if exited, err := p.Exited(); exited {
+							t.Fatalf("rank %s exited (%v); its log:\n%s", p.Name, err, p.Output())
+						}
+					}
+					up := e.fastLinks(t)
+					if !slices.Equal(up, last) {
+						last, since = up, time.Now()
+					}
+					return len(up) > 0 && time.Since(since) > 3*time.Second, fmt.Sprint(up)
+				})
+				t.Logf("ADAPT: %s: the controller's %d fast paths %v up %v after it was turned on",
+					topo, len(last), last, since.Sub(start).Round(time.Millisecond))
+				e.stopRanks(t, ranks)
+				if topo == "all2all" {
+					e.waitRoute(t, e.vm("v11"), e.vm("v21"), e2eRouteFast, 10*time.Second)
+				}
+				adapted := e.patternsRate(t, topo, port+3, 10*e2eAdaptIters)
+				t.Logf("ADAPT: %s adapted: %.2f iterations/s, %.2fx the star's %.2f", topo, adapted, adapted/star, star)
+				if adapted < 1.5*star {
+					t.Errorf("adapted %s runs %.2f iterations/s, star %.2f: want at least 1.5x", topo, adapted, star)
+				}
+			}})
+	}
+	steps = append(steps, step{"age_out", func(t *testing.T) {
+		start := time.Now()
+		e.waitFor(t, "the fast paths to age out", 60*time.Second, func() (bool, string) {
+			var ls []e2eLinkJSON
+			if err := e.ctl(&ls, "links"); err != nil {
+				return false, err.Error()
+			}
+			var fast []string
+			for _, l := range ls {
+				if l.Role == "fast" {
+					fast = append(fast, l.Name)
+				}
+			}
+			return len(fast) == 0, fmt.Sprint(fast)
+		})
+		t.Logf("ADAPT: fast paths gone %v after the workload stopped (window 5 s, dwell 5 s)",
+			time.Since(start).Round(time.Millisecond))
+		e.allPairs(t, 15*time.Second)
+	}})
 	for _, s := range steps {
 		if !t.Run(s.name, s.f) {
 			t.FailNow()
@@ -219,4 +263,13 @@ func (e *e2eNet) patternsRate(t *testing.T, topo string, port, iters int) float6
 		}
 	}
 	return slowest
+}
+
+// ctlOK runs `vnet ctl ARGS` against the proxy and fails the test on error.
+func (e *e2eNet) ctlOK(t *testing.T, args ...string) {
+	t.Helper()
+	var v any
+	if err := e.ctl(&v, args...); err != nil {
+		t.Fatalf("vnet ctl %s: %v", strings.Join(args, " "), err)
+	}
 }

@@ -346,6 +346,29 @@ func (p *Proxy) routes() *http.ServeMux {
 		name, err := p.delLink(lr.A, lr.B)
 		return map[string]string{"removed": name}, err
 	}))
+	mux.HandleFunc("POST /api/v1/adapt", handle(func(r *http.Request) (any, error) {
+		var ar struct {
+			On    *bool `json:"on"`
+			Reset bool  `json:"reset"`
+		}
+		if err := decodeBody(r, &ar); err != nil {
+			return nil, err
+		}
+		if ar.On == nil && !ar.Reset {
+			return nil, badRequest(`adapt wants {"on": true|false} and/or {"reset": true}`)
+		}
+		if ar.On != nil {
+			p.SetAdapting(*ar.On)
+			p.log.Info("adaptation controller turned " + map[bool]string{true: "on", false: "off"}[*ar.On])
+		}
+		if ar.Reset {
+			if err := p.DropAdapted(); err != nil {
+				return nil, err
+			}
+			p.log.Info("adaptation reset: the controller's fast paths and rules removed")
+		}
+		return map[string]string{"adapting": fmt.Sprint(p.adaptOn.Load())}, nil
+	}))
 	mux.HandleFunc("POST /api/v1/migrate", handle(func(r *http.Request) (any, error) {
 		var mr struct {
 			VM   string `json:"vm"`
