@@ -229,6 +229,7 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	defer context.AfterFunc(p.ctx, cancel)() // the proxy closing ends it too
 
 	p.log.Info("migrate: moving VM", "vm", vm.MAC, "from", vm.Host, "to", to)
 	p.agg.Note("migrate", fmt.Sprintf("moving %s from %s to %s", vm.MAC, vm.Host, to))
@@ -284,7 +285,7 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 		time.Sleep(5 * time.Millisecond)
 	}
 	res.ReachableMS = time.Since(moved).Milliseconds()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(10 * time.Millisecond) {
 		where := ""
 		for _, v := range p.vms() {
 			if v.MAC == vm.MAC {
@@ -303,7 +304,9 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 		go func() {
 			p.migrating.Lock() // after this migration's deferred unlocks
 			p.migrating.Unlock()
-			p.adaptOnce("migration of " + vm.MAC)
+			if p.ctx.Err() == nil {
+				p.adaptOnce("migration of " + vm.MAC)
+			}
 		}()
 	}
 	return res, nil

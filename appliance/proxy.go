@@ -214,6 +214,8 @@ func (p *Proxy) Close() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+	p.migrating.Lock() // a migration under way has seen the cancel and returned
+	p.migrating.Unlock()
 	p.sw.Close()
 	p.log.Info("proxy stopped")
 }
