@@ -21,6 +21,9 @@ type VM struct {
 	Params []string
 	Netdev string // the -netdev backend without id, e.g. "stream,server=off,addr.type=unix,addr.path=/tmp/a.sock"
 	MemMB  int    // 0: 256
+	// Extra QEMU arguments, e.g. -qmp or -incoming for a live migration
+	// (the source and the target must otherwise be started alike).
+	Extra []string
 }
 
 // Argv is the QEMU command line that boots vm from initrd. The serial
@@ -38,7 +41,7 @@ func (g *Guest) Argv(initrd string, vm VM) []string {
 		cmdline = append(cmdline, "vnetpeer="+strings.Join(vm.Peers, ","))
 	}
 	cmdline = append(cmdline, vm.Params...)
-	return []string{
+	return append([]string{
 		g.QEMU,
 		"-name", vm.Name,
 		"-M", "pc", "-accel", "tcg", "-smp", "1", "-m", fmt.Sprint(mem),
@@ -49,7 +52,7 @@ func (g *Guest) Argv(initrd string, vm VM) []string {
 		"-netdev", vm.Netdev + ",id=n0",
 		// romfile= : no PXE option ROM, so no dependency on ipxe-qemu.
 		"-device", "virtio-net-pci,netdev=n0,mac=" + vm.MAC + ",romfile=",
-	}
+	}, vm.Extra...)
 }
 
 // Boot starts QEMU for vm; its console and QEMU's own messages go to
