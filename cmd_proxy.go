@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"vnet/appliance"
+	"vnet/bridge"
 	"vnet/gateway"
 	"vnet/tunnel"
 )
@@ -37,6 +38,8 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
 	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only; also serves Prometheus /metrics); empty to disable")
 	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
+	lanIfaces := fs.StringArray("lan-iface", nil, "bridge the segment into the LAN of interface `IF` (AF_PACKET, promiscuous;\n"+
+		"needs root or CAP_NET_RAW; turn off GRO on IF; repeatable)")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
 	netstack := fs.String("netstack", "", "be the segment's gateway without root: CIDR is the segment and the gateway's\n"+
 		"address in it (10.0.0.1/24; a bare network 10.0.0.0/24 takes its first address)")
@@ -79,6 +82,14 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	ports, err := openPorts(*taps, nil, nil, nil, log)
 	if err != nil {
 		return err
+	}
+	for _, ifname := range *lanIfaces {
+		lp, err := bridge.OpenPacket(ifname, log)
+		if err != nil {
+			closePorts(ports)
+			return err
+		}
+		ports = append(ports, appliance.LocalPort{Name: "lan-" + ifname, Port: lp})
 	}
 	if *netstack != "" {
 		gw, err := openGateway(*netstack, *forwards, *dnsServers, *mtu, log)

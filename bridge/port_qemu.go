@@ -97,13 +97,14 @@ const (
 	vmDropForeign                    // datagram from a sender other than the VM
 	vmDropWriteTimeout               // VM did not drain its socket in time
 	vmDropWriteError                 // any other write failure
+	vmDropMerged                     // an interface's merged (GRO/TSO) frame, longer than a frame may be
 	numVMDrops
 )
 
 // vmDropNames are the reasons as Drops reports them. "runt" and
 // "write-error" are also switch reasons; the switch adds the counts up.
 var vmDropNames = [numVMDrops]string{
-	"runt", "oversize", "bad-length", "no-vm", "foreign", "write-timeout", "write-error",
+	"runt", "oversize", "bad-length", "no-vm", "foreign", "write-timeout", "write-error", "merged",
 }
 
 // vmDrops counts drops by reason, lock-free.
