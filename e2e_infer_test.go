@@ -238,7 +238,7 @@ func (e *e2eNet) startRanksN(t *testing.T, topo string, port, iters int, size st
 	var ps []*netns.Proc
 	for i, vm := range e.vms {
 		p, err := e.lab.Start(fmt.Sprintf("%s-rank%d", topo, i), vm.ns,
-			filepath.Join(e.dir, fmt.Sprintf("%s-rank%d.log", topo, i)), nil,
+			filepath.Join(e.dir, fmt.Sprintf("%s-%d-rank%d.log", topo, port, i)), nil,
 			e.bin, "patterns", "--rank", fmt.Sprint(i), "--peers", strings.Join(peers, ","),
 			"--topology", topo, "--iters", fmt.Sprint(iters), "--size", size, "--timeout", "60s", "--json")
 		if err != nil {

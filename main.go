@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -150,14 +152,48 @@ func versionString() string {
 }
 
 func runVersion(ctx context.Context, args []string) error {
-	fs := newFlags("version", "", "Print vnet's version and the Go version it was built with.")
+	fs := newFlags("version", "[--modules]", "Print vnet's version, the commit and the Go version it was built with, and\n"+
+		"with --modules the version of every module in the binary.")
+	modules := fs.Bool("modules", true, "also list the modules built in, with their versions")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	goVersion := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		goVersion = bi.GoVersion
-	}
-	fmt.Printf("vnet %s (%s, wire protocol 1)\n", versionString(), goVersion)
+	printVersion(os.Stdout, *modules)
 	return nil
+}
+
+// printVersion writes what `vnet version` says: the version, the commit
+// (from the build's VCS stamp: go build in a git checkout), Go and the
+// target, and the modules.
+func printVersion(w io.Writer, modules bool) {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		fmt.Fprintf(w, "vnet %s (no build information)\n", versionString())
+		return
+	}
+	commit, when, dirty := "unknown", "", ""
+	goos, goarch := runtime.GOOS, runtime.GOARCH
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			commit = s.Value
+		case "vcs.time":
+			when = " " + s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = " (modified)"
+			}
+		}
+	}
+	fmt.Fprintf(w, "vnet %s, wire protocol 1\n", versionString())
+	fmt.Fprintf(w, "commit %s%s%s\n", commit, when, dirty)
+	fmt.Fprintf(w, "built with %s for %s/%s\n", bi.GoVersion, goos, goarch)
+	if modules {
+		for _, m := range bi.Deps {
+			if m.Replace != nil {
+				m = m.Replace
+			}
+			fmt.Fprintf(w, "  %s %s\n", m.Path, m.Version)
+		}
+	}
 }
