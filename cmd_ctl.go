@@ -66,6 +66,7 @@ Examples:
 func runCtl(ctx context.Context, args []string) error {
 	fs := newFlags("ctl", "[--api ADDR] [--json] COMMAND [ARGS]", ctlHelp)
 	api := fs.String("api", envOr("VNET_API", "127.0.0.1:7777"), "the daemon's control API address (env VNET_API)")
+	tokenFile := fs.String("api-token-file", "", "the daemon's API token, from `FILE` (or env VNET_API_TOKEN)")
 	asJSON := fs.Bool("json", false, "print JSON (the API's shapes) instead of tables")
 	dryRun := fs.Bool("dry-run", false, "apply: print what would change, change nothing")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on the daemon after this long")
@@ -81,7 +82,13 @@ func runCtl(ctx context.Context, args []string) error {
 		return usageErr("no command")
 	}
 	c := &ctlClient{base: "http://" + *api + "/api/v1/", json: *asJSON,
-		http: &http.Client{Timeout: *timeout}, api: *api}
+		http: &http.Client{Timeout: *timeout}, api: *api, token: os.Getenv("VNET_API_TOKEN")}
+	if *tokenFile != "" {
+		var err error
+		if c.token, err = appliance.LoadAPIToken(*tokenFile); err != nil {
+			return err
+		}
+	}
 	switch cmd := a[0]; {
 	case len(a) == 1 && cmd == "status":
 		var st appliance.Status
@@ -296,6 +303,7 @@ func runCtl(ctx context.Context, args []string) error {
 
 type ctlClient struct {
 	base, api string
+	token     string // sent as Authorization: Bearer
 	json      bool
 	http      *http.Client
 }
@@ -306,6 +314,9 @@ func (c *ctlClient) do(method, path string, body []byte) ([]byte, error) {
 	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -44,7 +44,10 @@ Examples:
 			"carries udp:// star links, STUN and hole punching); port 0 picks a free port\n"+
 			"(default tcp://:0, plus udp://:0 when a --proxy is udp:// or quic://)")
 	stun := fs.StringArray("stun", nil, "an extra STUN server HOST:PORT (repeatable); the proxy's own are always used")
-	api := fs.String("api", "", "control API address for a local view and Prometheus /metrics (loopback only), e.g. 127.0.0.1:7778")
+	api := fs.String("api", "", "control API address for a local view, the dashboard and Prometheus /metrics (loopback only\n"+
+		"without --api-token-file), e.g. 127.0.0.1:7778")
+	tokenFile := fs.String("api-token-file", "", "require the token in `FILE` of every API request (Authorization: Bearer, or\n"+
+		"?token= in a browser); with it the API may listen beyond loopback")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it")
 	qemuSockets := fs.StringArray("qemu-socket", nil, "listen on unix socket PATH for a QEMU stream netdev")
 	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
@@ -79,7 +82,13 @@ Examples:
 	if err != nil {
 		return err
 	}
-	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer,
+	var token string
+	if *tokenFile != "" {
+		if token, err = appliance.LoadAPIToken(*tokenFile); err != nil {
+			return err
+		}
+	}
+	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, APIToken: token, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer,
 		ReportInterval: *reportEvery}
 	if cfg.Proxies, err = parseEndpoints("--proxy", *proxies); err != nil {
 		return err

@@ -36,7 +36,10 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 		"where hosts connect (repeatable): tcp://[ADDR]:PORT, udp://... (also answers STUN, with a\n"+
 			"second STUN port next to it) or quic://...")
 	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
-	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only; also serves Prometheus /metrics); empty to disable")
+	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only without --api-token-file; also serves the dashboard and\n"+
+		"Prometheus /metrics); empty to disable")
+	tokenFile := fs.String("api-token-file", "", "require the token in `FILE` of every API request (Authorization: Bearer, or\n"+
+		"?token= in a browser); with it the API may listen beyond loopback")
 	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
 	lanIfaces := fs.StringArray("lan-iface", nil, "bridge the segment into the LAN of interface `IF` (AF_PACKET, promiscuous;\n"+
 		"needs root or CAP_NET_RAW; turn off GRO on IF; repeatable)")
@@ -74,7 +77,13 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	if err != nil {
 		return err
 	}
-	cfg := appliance.ProxyConfig{Key: key, API: *api, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal(),
+	var token string
+	if *tokenFile != "" {
+		if token, err = appliance.LoadAPIToken(*tokenFile); err != nil {
+			return err
+		}
+	}
+	cfg := appliance.ProxyConfig{Key: key, API: *api, APIToken: token, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal(),
 		Adapt: mkAdapt(), MigrateCmd: *migrateCmd, MigrateTimeout: *migrateTimeout}
 	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
 		return err

@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 	"vnet/infer"
@@ -40,22 +42,74 @@ func notFound(format string, a ...any) error {
 	return &apiError{http.StatusNotFound, fmt.Sprintf(format, a...)}
 }
 
-func startAPI(addr string, mux *http.ServeMux, log *slog.Logger) (*apiServer, error) {
+// minTokenLen is the shortest API token accepted (a token file holds at
+// least this many characters; `head -c 32 /dev/urandom | base64` makes one).
+const minTokenLen = 16
+
+// startAPI serves mux on addr. Without a token it listens on loopback
+// only; with one, anywhere, and every request must carry it
+// ("Authorization: Bearer TOKEN", or ?token= for a browser's page and its
+// event stream).
+func startAPI(addr, token string, mux *http.ServeMux, log *slog.Logger) (*apiServer, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("--api %s: %v", addr, err)
 	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--api %s: the control API listens on loopback only (e.g. 127.0.0.1:7777)", addr)
+	if ip := net.ParseIP(host); token == "" && host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("--api %s: the control API listens on loopback only (e.g. 127.0.0.1:7777) unless it has a token (--api-token-file)", addr)
+	}
+	if token != "" && len(token) < minTokenLen {
+		return nil, fmt.Errorf("--api-token-file: the token is %d characters; use at least %d (e.g. head -c 32 /dev/urandom | base64)", len(token), minTokenLen)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("control API: %w", err)
 	}
-	s := &apiServer{ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}}
+	var h http.Handler = mux
+	if token != "" {
+		h = requireToken(token, mux)
+	}
+	s := &apiServer{ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}}
 	go s.srv.Serve(ln)
 	return s, nil
+}
+
+// requireToken answers 401 to requests without the token.
+func requireToken(token string, next http.Handler) http.Handler {
+	want := []byte(token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && dashboardAssets[r.URL.Path] {
+			next.ServeHTTP(w, r) // the page itself holds no data; its stream needs the token
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			got = r.URL.Query().Get("token")
+		}
+		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="vnet"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "this control API needs its token " +
+				"(vnet ctl --api-token-file FILE, or env VNET_API_TOKEN; a browser: ?token=...)"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// LoadAPIToken reads a token file (--api-token-file): its first line,
+// trimmed.
+func LoadAPIToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--api-token-file: %w", err)
+	}
+	tok, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return "", fmt.Errorf("--api-token-file %s: empty", path)
+	}
+	return tok, nil
 }
 
 func (s *apiServer) addr() string { return s.ln.Addr().String() }

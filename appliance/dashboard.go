@@ -64,6 +64,9 @@ func (h *Host) snapshot() Snapshot {
 		Links: h.hostLinks(), Matrix: h.acct.Matrix(10 * time.Second), Events: []infer.Event{}}
 }
 
+// dashboardAssets are the page's files, served without the API token.
+var dashboardAssets = map[string]bool{"/": true, "/app.js": true, "/style.css": true}
+
 // dashboardRoutes adds the page and its stream to mux.
 func dashboardRoutes(mux *http.ServeMux, ctx context.Context, snap func() Snapshot) {
 	sub, _ := fs.Sub(webFS, "web")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	"vnet/adapt"
 	"vnet/infer"
+	"vnet/tunnel"
 )
 
 // TestDashboardServed checks the page, its assets and one snapshot without
@@ -277,4 +279,58 @@ func (p *cdpPage) screenshot() ([]byte, error) {
 		return nil, err
 	}
 	return base64.StdEncoding.DecodeString(r.Data)
+}
+
+// TestAPIToken: with a token the API refuses requests without it (the
+// page's static files excepted), accepts it as a bearer header or ?token=,
+// and may listen beyond loopback; without one it may not.
+func TestAPIToken(t *testing.T) {
+	key, _ := tunnel.GenerateKey()
+	listen := []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}}
+	if _, err := NewProxy(ProxyConfig{Listen: listen, Key: key, API: "0.0.0.0:0"}); err == nil ||
+		!strings.Contains(err.Error(), "--api-token-file") {
+		t.Fatalf("API on 0.0.0.0 without a token: %v", err)
+	}
+	if _, err := NewProxy(ProxyConfig{Listen: listen, Key: key, API: "127.0.0.1:0", APIToken: "short"}); err == nil {
+		t.Fatal("a 5-character token was accepted")
+	}
+	const token = "0123456789abcdef-token"
+	p, err := NewProxy(ProxyConfig{Listen: listen, Key: key, API: "0.0.0.0:0", APIToken: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	_, port, _ := net.SplitHostPort(p.APIAddr())
+	base := "http://127.0.0.1:" + port
+	get := func(path, auth string) int {
+		req, _ := http.NewRequest("GET", base+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		path, auth string
+		want       int
+	}{
+		{"/api/v1/status", "", 401},
+		{"/api/v1/status", "Bearer wrong-token-wrong-token", 401},
+		{"/api/v1/status", "Bearer " + token, 200},
+		{"/api/v1/status?token=" + token, "", 200},
+		{"/metrics", "", 401},
+		{"/metrics", "Bearer " + token, 200},
+		{"/", "", 200},
+		{"/app.js", "", 200},
+		{"/api/v1/snapshot", "", 401},
+	} {
+		if got := get(c.path, c.auth); got != c.want {
+			t.Errorf("GET %s (%q): %d, want %d", c.path, c.auth, got, c.want)
+		}
+	}
 }

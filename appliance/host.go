@@ -48,12 +48,15 @@ type HostConfig struct {
 	Name    string            // unique in the network; required
 	Proxies []tunnel.Endpoint // tried in order; at least one
 	Key     tunnel.Key
-	Listen  []tunnel.Endpoint   // for fast links from other hosts (tcp, udp); none: DefaultHostListen
-	STUN    []string            // extra STUN servers (host:port) besides the proxy's
-	API     string              // control API address; "" for none
-	Ports   []LocalPort         // VM-facing ports to attach
-	Infer   infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
-	NoInfer bool                // count nothing (to measure what accounting costs)
+	Listen  []tunnel.Endpoint // for fast links from other hosts (tcp, udp); none: DefaultHostListen
+	STUN    []string          // extra STUN servers (host:port) besides the proxy's
+	API     string            // control API address; "" for none
+	// APIToken, if set, is required of every API request, and lets the API
+	// listen beyond loopback.
+	APIToken string
+	Ports    []LocalPort         // VM-facing ports to attach
+	Infer    infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
+	NoInfer  bool                // count nothing (to measure what accounting costs)
 	// ReportInterval is how often the host pushes active pairs' traffic
 	// (VTTIF's update rate); zero: the package's ReportInterval.
 	ReportInterval time.Duration
@@ -179,7 +182,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 		}
 	}
 	if cfg.API != "" {
-		if h.api, err = startAPI(cfg.API, h.routes(), log); err != nil {
+		if h.api, err = startAPI(cfg.API, cfg.APIToken, h.routes(), log); err != nil {
 			return nil, err
 		}
 	}

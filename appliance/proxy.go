@@ -31,9 +31,12 @@ var LookupTimeout = 3 * time.Second
 
 // ProxyConfig configures the proxy.
 type ProxyConfig struct {
-	Listen   []tunnel.Endpoint // star links from hosts; at least one
-	Key      tunnel.Key
-	API      string              // control API address; "" for none
+	Listen []tunnel.Endpoint // star links from hosts; at least one
+	Key    tunnel.Key
+	API    string // control API address; "" for none
+	// APIToken, if set, is required of every API request, and lets the API
+	// listen beyond loopback.
+	APIToken string
 	StateDir string              // where desired state survives restarts; "" for none
 	Ports    []LocalPort         // VM-facing ports on the proxy itself
 	Infer    infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
@@ -160,7 +163,7 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 		p.lns = append(p.lns, ln)
 	}
 	if cfg.API != "" {
-		if p.api, err = startAPI(cfg.API, p.routes(), log); err != nil {
+		if p.api, err = startAPI(cfg.API, cfg.APIToken, p.routes(), log); err != nil {
 			return nil, err
 		}
 	}

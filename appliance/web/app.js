@@ -222,7 +222,9 @@ function render(s) {
   document.body.dataset.updates = updates;
 }
 
-const es = new EventSource("api/v1/stream");
+// A daemon with --api-token-file wants its token: open the page as /?token=...
+const token = new URLSearchParams(location.search).get("token");
+const es = new EventSource("api/v1/stream" + (token ? "?token=" + encodeURIComponent(token) : ""));
 es.addEventListener("snapshot", (e) => {
   $("#live").className = "ok";
   render(JSON.parse(e.data));
