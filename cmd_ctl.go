@@ -50,8 +50,9 @@ Commands:
                               --migrate-cmd, then repoint the overlay: the VM keeps
                               its MAC and IP (waits for the move; no --timeout)
   rule add HOST SRC DST TO    install a rule on HOST: SRC and DST are MAC, any or
-                              not:MAC; TO is link:NAME or port:NAME (an optional
-                              "->" before TO is allowed)
+                              not:MAC; TO is link:NAME or port:NAME, or deny (drop
+                              the pair's frames) or allow (let them through: a
+                              hole in a wider deny); an optional "->" before TO
   rule del HOST SRC DST TO    remove it
   export                      print the live state in the topology language
   apply FILE                  make the desired state equal to FILE (- for stdin):
@@ -114,9 +115,9 @@ func runCtl(ctx context.Context, args []string) error {
 	case len(a) == 1 && cmd == "rules":
 		var rs []appliance.RuleInfo
 		return c.show("rules", &rs, func(w io.Writer) {
-			table(w, "HOST\tSRC\tDST\t\tTO")
+			table(w, "HOST\tSRC\tDST\t\tTO\tFRAMES")
 			for _, r := range rs {
-				table(w, "%s\t%s\t%s\t->\t%s", r.Host, r.Src, r.Dst, r.To)
+				table(w, "%s\t%s\t%s\t->\t%s\t%d", r.Host, r.Src, r.Dst, r.To, r.Hits)
 			}
 		})
 	case len(a) == 1 && cmd == "vms":

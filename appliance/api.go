@@ -197,7 +197,7 @@ func (h *Host) routes() *http.ServeMux {
 	}))
 	mux.HandleFunc("GET /api/v1/links", handle(func(*http.Request) (any, error) { return h.hostLinks(), nil }))
 	mux.HandleFunc("GET /api/v1/rules", handle(func(*http.Request) (any, error) {
-		return ruleInfos(h.cfg.Name, h.sw.Rules()), nil
+		return ruleInfosHits(h.cfg.Name, h.sw), nil
 	}))
 	mux.HandleFunc("GET /api/v1/vms", handle(func(*http.Request) (any, error) {
 		vms := localVMs(h.sw, h.cfg.Name)

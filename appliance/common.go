@@ -73,6 +73,18 @@ func ruleInfos(host string, rules []bridge.Rule) []RuleInfo {
 	return out
 }
 
+// ruleInfosHits is ruleInfos with each rule's frame count.
+func ruleInfosHits(host string, sw *bridge.Switch) []RuleInfo {
+	out := ruleInfos(host, sw.Rules())
+	hits := sw.RuleHits()
+	for i := range out {
+		if i < len(hits) {
+			out[i].Hits = hits[i]
+		}
+	}
+	return out
+}
+
 func parseRuleInfo(r RuleInfo) (bridge.Rule, error) { return bridge.ParseRule(r.Src, r.Dst, r.To) }
 
 func parseRuleInfos(rs []RuleInfo) ([]bridge.Rule, error) {

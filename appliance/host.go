@@ -351,7 +351,7 @@ func lookup(sw *bridge.Switch, q *lookupReq) (*lookupReply, error) {
 		return nil, err
 	}
 	d := sw.Lookup(q.In, src, dst)
-	r := &lookupReply{Outputs: d.Outputs, By: d.By}
+	r := &lookupReply{Outputs: d.Outputs, By: d.By, Rule: d.Rule}
 	for _, role := range d.Roles {
 		r.Roles = append(r.Roles, role.String())
 	}
@@ -528,7 +528,7 @@ func (h *Host) routineStatus() {
 }
 
 func (h *Host) status() hostStatus {
-	st := hostStatus{API: h.APIAddr(), VMs: localVMs(h.sw, h.cfg.Name), Rules: ruleInfos(h.cfg.Name, h.sw.Rules()),
+	st := hostStatus{API: h.APIAddr(), VMs: localVMs(h.sw, h.cfg.Name), Rules: ruleInfosHits(h.cfg.Name, h.sw),
 		Ports: portInfos(h.sw)}
 	h.mu.Lock()
 	star := h.mu.star

@@ -749,6 +749,11 @@ func (p *Proxy) route(ctx context.Context, src, dst bridge.MAC) (Route, error) {
 			r.Note = err.Error()
 			return r, nil
 		}
+		if d.By == "deny" {
+			r.Hops = append(r.Hops, Hop{Host: host, To: "drop", By: d.By})
+			r.Note = fmt.Sprintf("blocked at %s by the rule %s", host, d.Rule)
+			return r, nil
+		}
 		if len(d.Outputs) == 0 {
 			r.Hops = append(r.Hops, Hop{Host: host, To: "drop", By: d.By})
 			return r, nil
@@ -905,7 +910,24 @@ func (p *Proxy) rules() []RuleInfo {
 	defer p.mu.Unlock()
 	out := []RuleInfo{}
 	for _, h := range sortedKeys(p.mu.rules) {
-		out = append(out, ruleInfos(h, p.mu.rules[h])...)
+		rs := ruleInfos(h, p.mu.rules[h])
+		// Frame counts from where the rules run: the proxy's switch, or
+		// the host's last report.
+		reported := ruleInfosHits(h, p.sw)
+		if rec := p.mu.hosts[h]; h != topo.ProxyHost {
+			reported = nil
+			if rec != nil {
+				reported = rec.status.Rules
+			}
+		}
+		for i := range rs {
+			for _, r := range reported {
+				if r.Src == rs[i].Src && r.Dst == rs[i].Dst && r.To == rs[i].To {
+					rs[i].Hits = r.Hits
+				}
+			}
+		}
+		out = append(out, rs...)
 	}
 	return out
 }

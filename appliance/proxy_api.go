@@ -79,6 +79,9 @@ func (p *Proxy) checkTargetLocked(d *desired, host string, r bridge.Rule) error 
 		return err
 	}
 	name := r.To.Name
+	if r.To.IsAccess() {
+		return nil
+	}
 	if r.To.Kind == bridge.TargetLink {
 		if host == topo.ProxyHost {
 			for h := range p.mu.hosts {

@@ -67,6 +67,9 @@ type RuleInfo struct {
 	Src  string `json:"src"`
 	Dst  string `json:"dst"`
 	To   string `json:"to"`
+	// Hits counts the frames the rule decided, on the host that has it (in
+	// `rules` answers and host reports; never an input).
+	Hits uint64 `json:"hits,omitempty"`
 }
 
 // VMInfo is one row of `vms`.
@@ -196,6 +199,7 @@ type lookupReply struct {
 	Outputs []string `json:"outputs"`
 	Roles   []string `json:"roles"`
 	By      string   `json:"by"`
+	Rule    string   `json:"rule,omitempty"` // the deciding rule
 }
 
 func encodeCtrl(m *ctrlMsg) []byte {

@@ -64,25 +64,37 @@ func (m Match) matches(a MAC) bool {
 	return true
 }
 
-// TargetKind says whether a rule sends to a link or to a local port.
+// TargetKind says whether a rule sends to a link or to a local port, or is
+// an access rule.
 type TargetKind uint8
 
 const (
-	TargetLink TargetKind = iota // link:NAME, a star or fast-path link
-	TargetPort                   // port:NAME, a VM-facing port
+	TargetLink  TargetKind = iota // link:NAME, a star or fast-path link
+	TargetPort                    // port:NAME, a VM-facing port
+	TargetDeny                    // deny: drop the frame (counted as "denied")
+	TargetAllow                   // allow: forward as if no rule matched (learning, flooding)
 )
 
-// Target is where a rule sends a frame. Both kinds name a switch port.
+// Target is where a rule sends a frame: a switch port (link or port), or
+// an access decision (deny, allow) that names none. Among the rules tied
+// at the top score, deny wins, then allow; a more specific allow thus
+// opens a hole in a wider deny ("any any -> deny" with "A B -> allow").
 type Target struct {
 	Kind TargetKind
 	Name string
 }
 
-// ParseTarget parses "link:NAME" or "port:NAME".
+// ParseTarget parses "link:NAME", "port:NAME", "deny" or "allow".
 func ParseTarget(s string) (Target, error) {
+	switch strings.TrimSpace(s) {
+	case "deny":
+		return Target{Kind: TargetDeny}, nil
+	case "allow":
+		return Target{Kind: TargetAllow}, nil
+	}
 	kind, name, ok := strings.Cut(strings.TrimSpace(s), ":")
 	if !ok || name == "" || strings.ContainsAny(name, " \t") {
-		return Target{}, fmt.Errorf("malformed target %q (want link:NAME or port:NAME)", s)
+		return Target{}, fmt.Errorf("malformed target %q (want link:NAME, port:NAME, deny or allow)", s)
 	}
 	switch kind {
 	case "link":
@@ -90,15 +102,23 @@ func ParseTarget(s string) (Target, error) {
 	case "port":
 		return Target{Kind: TargetPort, Name: name}, nil
 	}
-	return Target{}, fmt.Errorf("malformed target %q (want link:NAME or port:NAME)", s)
+	return Target{}, fmt.Errorf("malformed target %q (want link:NAME, port:NAME, deny or allow)", s)
 }
 
 func (t Target) String() string {
-	if t.Kind == TargetPort {
+	switch t.Kind {
+	case TargetPort:
 		return "port:" + t.Name
+	case TargetDeny:
+		return "deny"
+	case TargetAllow:
+		return "allow"
 	}
 	return "link:" + t.Name
 }
+
+// IsAccess reports whether t is deny or allow (it names no port).
+func (t Target) IsAccess() bool { return t.Kind == TargetDeny || t.Kind == TargetAllow }
 
 // Rule is a VNET forwarding rule: frames whose source matches Src and whose
 // destination matches Dst go to To.
@@ -159,31 +179,67 @@ func ValidateRules(rules []Rule) error {
 	return errors.Join(errs...)
 }
 
+// ruleAction is what the top-scored rules decided.
+type ruleAction int8
+
+const (
+	actNone    ruleAction = iota // no active rule matched
+	actForward                   // to the rules' ports
+	actDeny
+	actAllow
+)
+
 // matchRules appends to outs the ports of every rule tied at the top score
-// for (src, dst), skipping rules whose target port is absent or is in.
-// It returns the score (zero when no active rule matched).
-func matchRules(rules []Rule, set *portSet, in *portState, src, dst MAC, outs []*portState) ([]*portState, int) {
-	best := 0
+// for (src, dst), skipping rules whose target port is absent or is in. It
+// returns what they decided, and the index of the first top rule (for its
+// counter); a deny or allow among them wins (see Target), and leaves outs
+// as it was.
+func matchRules(rules []Rule, set *portSet, in *portState, src, dst MAC, outs []*portState) ([]*portState, ruleAction, int) {
+	best, hit := 0, -1
 	start := len(outs)
+	deny, allow := false, false
 	for i := range rules {
 		r := &rules[i]
 		sc := r.Score(src, dst)
 		if sc == 0 || sc < best {
 			continue
 		}
-		p := set.byName[r.To.Name]
-		if p == nil || (r.To.Kind == TargetPort) != (p.role == RoleLocal) {
-			continue
+		var p *portState
+		if !r.To.IsAccess() {
+			p = set.byName[r.To.Name]
+			if p == nil || (r.To.Kind == TargetPort) != (p.role == RoleLocal) {
+				continue
+			}
 		}
 		if sc > best {
-			best = sc
+			best, hit = sc, i
 			outs = outs[:start]
+			deny, allow = false, false
 		}
-		if p != in && !containsPort(outs[start:], p) {
+		switch {
+		case r.To.Kind == TargetDeny:
+			if !deny {
+				hit = i
+			}
+			deny = true
+		case r.To.Kind == TargetAllow:
+			if !deny && !allow {
+				hit = i
+			}
+			allow = true
+		case p != in && !containsPort(outs[start:], p):
 			outs = append(outs, p)
 		}
 	}
-	return outs, best
+	switch {
+	case best == 0:
+		return outs, actNone, -1
+	case deny:
+		return outs[:start], actDeny, hit
+	case allow:
+		return outs[:start], actAllow, hit
+	}
+	return outs, actForward, hit
 }
 
 func containsPort(ps []*portState, p *portState) bool {

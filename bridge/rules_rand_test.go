@@ -60,15 +60,15 @@ func TestRulesAgainstNaive(t *testing.T) {
 		}
 		src, dst := macs[rng.IntN(len(macs))], macs[rng.IntN(len(macs))]
 		in := set.byName[names[rng.IntN(len(names))]]
-		got, score := matchRules(rules, set, in, src, dst, nil)
+		got, act, _ := matchRules(rules, set, in, src, dst, nil)
 		var gotNames []string
 		for _, p := range got {
 			gotNames = append(gotNames, p.name)
 		}
 		sort.Strings(gotNames)
 		want := naiveOutputs(rules, set, in, src, dst)
-		if len(gotNames) > 0 && score == 0 {
-			t.Fatalf("outputs %v with score 0", gotNames)
+		if len(gotNames) > 0 && act != actForward {
+			t.Fatalf("outputs %v with action %d", gotNames, act)
 		}
 		if !equal(gotNames, want) {
 			t.Fatalf("rules %v, %s->%s in %v: got %v, naive %v", rules, src, dst, in, gotNames, want)

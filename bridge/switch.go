@@ -23,11 +23,12 @@ const (
 	DropNoRoute           // ingress: the only way out was where it came from
 	DropQueueFull         // egress: the output queue was full (slow port)
 	DropWriteError        // egress: the port failed to write
+	DropDenied            // ingress: an access rule (deny) matched
 	numDropReasons
 )
 
 // DropReasonNames names the drop reasons, for logs, the API and metrics.
-var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error"}
+var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied"}
 
 type portCounters struct {
 	rxFrames, rxBytes, txFrames, txBytes atomic.Uint64
@@ -79,8 +80,14 @@ type Switch struct {
 
 	mu    sync.Mutex // serialises port and rule changes
 	ports atomic.Pointer[portSet]
-	rules atomic.Pointer[[]Rule]
+	rules atomic.Pointer[ruleSet]
 	gen   atomic.Uint64 // bumped on any change that can alter a cached decision
+}
+
+// ruleSet is the rules with a frame counter each, swapped as one.
+type ruleSet struct {
+	rules []Rule
+	hits  []atomic.Uint64
 }
 
 // New returns a switch with no ports.
@@ -92,7 +99,7 @@ func New(cfg Config) *Switch {
 	s := &Switch{log: log, observer: cfg.Observer, macs: newMACTable(cfg.MaxMACs)}
 	s.pool.New = func() any { return new(frame) }
 	s.ports.Store(&portSet{byName: map[string]*portState{}})
-	s.rules.Store(&[]Rule{})
+	s.rules.Store(&ruleSet{})
 	return s
 }
 
@@ -200,16 +207,27 @@ func (s *Switch) SetRules(rules []Rule) error {
 	if err := ValidateRules(rules); err != nil {
 		return err
 	}
-	cp := append([]Rule(nil), rules...)
+	rs := &ruleSet{rules: append([]Rule(nil), rules...), hits: make([]atomic.Uint64, len(rules))}
 	s.mu.Lock()
-	s.rules.Store(&cp)
+	s.rules.Store(rs)
 	s.gen.Add(1)
 	s.mu.Unlock()
 	return nil
 }
 
 // Rules returns the current rule set.
-func (s *Switch) Rules() []Rule { return append([]Rule(nil), *s.rules.Load()...) }
+func (s *Switch) Rules() []Rule { return append([]Rule(nil), s.rules.Load().rules...) }
+
+// RuleHits returns how many frames each rule of Rules decided (the first
+// of the rules tied at the top score is counted), in the same order.
+func (s *Switch) RuleHits() []uint64 {
+	rs := s.rules.Load()
+	out := make([]uint64, len(rs.hits))
+	for i := range rs.hits {
+		out[i] = rs.hits[i].Load()
+	}
+	return out
+}
 
 // Announce pins macs to the fast-path port called name: the peer at its far
 // end hosts them. It replaces what was announced on that port before.
@@ -233,7 +251,9 @@ func (s *Switch) Close() {
 // decision is the cached result of rule matching for one (src, dst).
 type decision struct {
 	gen  uint64
-	n    int8 // -1: no rule matched
+	act  ruleAction
+	n    int8  // outputs, for actForward
+	hit  int32 // the deciding rule, or -1
 	outs [8]*portState
 }
 
@@ -330,8 +350,14 @@ func (r *reader) forward(f *frame, now int64) bool {
 	set := s.ports.Load()
 	outs := r.outs[:0]
 	matched := false
-	if rules := *s.rules.Load(); len(rules) > 0 {
-		outs, matched = r.ruleOutputs(rules, set, src, dst, outs)
+	if rs := s.rules.Load(); len(rs.rules) > 0 {
+		var act ruleAction
+		outs, act = r.ruleOutputs(rs, set, src, dst, outs)
+		if act == actDeny {
+			in.c.drops[DropDenied].Add(1)
+			return false
+		}
+		matched = act == actForward
 	}
 	if !matched {
 		if !dst.IsMulticast() {
@@ -373,8 +399,8 @@ func (r *reader) forward(f *frame, now int64) bool {
 }
 
 // ruleOutputs returns the outputs chosen by rules, from the cache when it is
-// current.
-func (r *reader) ruleOutputs(rules []Rule, set *portSet, src, dst MAC, outs []*portState) ([]*portState, bool) {
+// current, and what the rules decided; it counts the deciding rule's hit.
+func (r *reader) ruleOutputs(rs *ruleSet, set *portSet, src, dst MAC, outs []*portState) ([]*portState, ruleAction) {
 	gen := r.s.gen.Load()
 	var k cacheKey
 	copy(k[:6], src[:])
@@ -396,22 +422,24 @@ func (r *reader) ruleOutputs(rules []Rule, set *portSet, src, dst MAC, outs []*p
 			r.cache[k] = dec
 		}
 		var matchedOuts [8]*portState
-		got, score := matchRules(rules, set, nil, src, dst, matchedOuts[:0])
-		dec.gen = gen
-		dec.n = -1
-		if score > 0 {
+		got, act, hit := matchRules(rs.rules, set, nil, src, dst, matchedOuts[:0])
+		dec.gen, dec.act, dec.hit, dec.n = gen, act, int32(hit), 0
+		if act == actForward {
 			dec.n = int8(copy(dec.outs[:], got))
 		}
 	}
-	if dec.n < 0 {
-		return outs, false
+	if dec.hit >= 0 && int(dec.hit) < len(rs.hits) {
+		rs.hits[dec.hit].Add(1)
+	}
+	if dec.act != actForward {
+		return outs, dec.act
 	}
 	for _, p := range dec.outs[:dec.n] {
 		if p != r.in {
 			outs = append(outs, p)
 		}
 	}
-	return outs, true
+	return outs, actForward
 }
 
 func (s *Switch) enqueue(p *portState, f *frame) {
@@ -547,7 +575,8 @@ func (s *Switch) MACStats() (evicted, moved uint64) {
 type Decision struct {
 	Outputs []string // port names
 	Roles   []Role
-	By      string // "rule", "mac", "flood" or "none"
+	By      string // "rule", "deny", "mac", "flood" or "none"
+	Rule    string // the deciding rule, if a rule decided (or allowed)
 }
 
 // Lookup answers Decision for `vnet ctl route` without sending anything.
@@ -555,11 +584,19 @@ func (s *Switch) Lookup(in string, src, dst MAC) Decision {
 	set := s.ports.Load()
 	inp := set.byName[in]
 	var outs []*portState
-	by := "none"
-	if rules := *s.rules.Load(); len(rules) > 0 {
-		var sc int
-		if outs, sc = matchRules(rules, set, inp, src, dst, nil); sc > 0 {
+	by, rule := "none", ""
+	if rs := s.rules.Load(); len(rs.rules) > 0 {
+		var act ruleAction
+		var hit int
+		outs, act, hit = matchRules(rs.rules, set, inp, src, dst, nil)
+		if hit >= 0 {
+			rule = rs.rules[hit].String()
+		}
+		switch act {
+		case actForward:
 			by = "rule"
+		case actDeny:
+			return Decision{By: "deny", Rule: rule}
 		}
 	}
 	if by == "none" && !dst.IsMulticast() {
@@ -581,7 +618,7 @@ func (s *Switch) Lookup(in string, src, dst MAC) Decision {
 			by = "flood"
 		}
 	}
-	d := Decision{By: by}
+	d := Decision{By: by, Rule: rule}
 	for _, p := range outs {
 		d.Outputs = append(d.Outputs, p.name)
 		d.Roles = append(d.Roles, p.role)

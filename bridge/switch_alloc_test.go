@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -158,4 +159,60 @@ func BenchmarkSwitchPipeline(b *testing.B) {
 	el := time.Since(start)
 	s.Close()
 	b.ReportMetric(float64(el.Nanoseconds())/float64(b.N), "ns/frame")
+}
+
+// accessRig is forwardRig with n access rules on v1, none of which denies
+// the benchmarked pair: n-1 deny rules for other pairs, and an allow for
+// it, so every rule is scanned when a decision is (re)computed.
+func accessRig(tb testing.TB, n int) (*Switch, *reader, *portState, MAC, MAC) {
+	s, r, out, src, dst := forwardRig(tb, false)
+	var rules []Rule
+	for i := 0; i < n-1; i++ {
+		other := MAC{0x52, 0x54, 1, byte(i >> 16), byte(i >> 8), byte(i)}
+		ru, _ := ParseRule(other.String(), dst.String(), "deny")
+		rules = append(rules, ru)
+	}
+	if n > 0 {
+		ru, _ := ParseRule(src.String(), dst.String(), "allow")
+		rules = append(rules, ru)
+	}
+	if err := s.SetRules(rules); err != nil {
+		tb.Fatal(err)
+	}
+	return s, r, out, src, dst
+}
+
+// TestAccessRulesNoAlloc: access rules cost no allocation per frame.
+func TestAccessRulesNoAlloc(t *testing.T) {
+	s, r, out, src, dst := accessRig(t, 1000)
+	raw := testFrame(dst, src, 1514)
+	forwardOne(t, s, r, out, raw)
+	if n := testing.AllocsPerRun(1000, func() { forwardOne(t, s, r, out, raw) }); n != 0 {
+		t.Fatalf("%v allocations per frame with 1000 access rules", n)
+	}
+}
+
+// BenchmarkAccessRules is the per-frame cost of access rules: 0, 10 and
+// 1000 of them, with the decision cached (steady traffic) and recomputed
+// for every frame (the rule set changing under it, the worst case).
+//
+//	go test ./bridge -run XXX -bench AccessRules -benchmem
+func BenchmarkAccessRules(b *testing.B) {
+	for _, n := range []int{0, 10, 1000} {
+		for _, cached := range []bool{true, false} {
+			name := fmt.Sprintf("rules=%d/cached=%v", n, cached)
+			b.Run(name, func(b *testing.B) {
+				s, r, out, src, dst := accessRig(b, n)
+				raw := testFrame(dst, src, 1514)
+				b.ReportAllocs()
+				b.SetBytes(int64(len(raw)))
+				for b.Loop() {
+					if !cached {
+						s.gen.Add(1)
+					}
+					forwardOne(b, s, r, out, raw)
+				}
+			})
+		}
+	}
 }

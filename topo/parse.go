@@ -342,12 +342,16 @@ func ParseMatch(s string) (string, error) {
 	return m, nil
 }
 
-// ParseTarget checks a rule target, "link:NAME" or "port:NAME", and returns
-// it. It checks the syntax only, not that the link or port exists.
+// ParseTarget checks a rule target, "link:NAME", "port:NAME", or the
+// access decisions "deny" and "allow", and returns it. It checks the syntax
+// only, not that the link or port exists.
 func ParseTarget(s string) (string, error) {
+	if s == "deny" || s == "allow" {
+		return s, nil
+	}
 	kind, name, ok := strings.Cut(s, ":")
 	if !ok || (kind != "link" && kind != "port") {
-		return "", fmt.Errorf("expected a target `link:NAME` or `port:NAME`, got %s", quote(s))
+		return "", fmt.Errorf("expected a target `link:NAME`, `port:NAME`, `deny` or `allow`, got %s", quote(s))
 	}
 	if err := checkName(kind+" name", name); err != nil {
 		return "", err

@@ -38,7 +38,10 @@
 //	MATCH       MAC, "any" or "not:MAC" (every frame whose address is not
 //	            MAC). The first MATCH is the source, the second the
 //	            destination.
-//	TARGET      "link:NAME" or "port:NAME" where NAME is a link or port
+//	TARGET      "link:NAME" or "port:NAME" where NAME is a link or port, or an
+//	            access decision: "deny" drops the pair's frames, "allow" lets
+//	            them through as if no rule matched (deny wins a tie, then
+//	            allow: "rule h1 any any -> deny" with "rule h1 A B -> allow")
 //	            name (same characters as PORT). A fast-path link between
 //	            hosts A and B is named "A-B" with A < B (see [Link.Name]);
 //	            the star link of host H is named "star-H" (see
@@ -86,6 +89,7 @@
 //	link h1 h2 kind tcp
 //	link h2 h3
 //
+//	rule h1 52:54:00:00:00:01 52:54:00:00:00:04 -> deny
 //	rule h1 any 52:54:00:00:00:02 -> link:h1-h2
 //	rule h2 52:54:00:00:00:02 52:54:00:00:00:01 -> link:h1-h2
 //	rule h2 not:52:54:00:00:00:09 any -> port:tap1

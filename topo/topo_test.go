@@ -135,7 +135,7 @@ func TestParseInvalid(t *testing.T) {
 		{"arrow missing", "host h1\n# c\nrule h1 any any foo port:x\n", 3, "expected `->` after destination, got \"foo\""},
 		{"arrow at end", "rule h1 any any\n", 1, "expected `->` after destination, got end of line"},
 		{"no target", "rule h1 any any ->\n", 1, "expected a target (`link:NAME` or `port:NAME`) after `->`, got end of line"},
-		{"bad target", "rule h1 any any -> vm:x\n", 1, "expected a target `link:NAME` or `port:NAME`, got \"vm:x\""},
+		{"bad target", "rule h1 any any -> vm:x\n", 1, "expected a target `link:NAME`, `port:NAME`, `deny` or `allow`, got \"vm:x\""},
 		{"empty target name", "rule h1 any any -> link:\n", 1, "expected a link name"},
 		{"target after", "rule h1 any any -> link:x y\n", 1, "expected end of line after the target, got \"y\""},
 		{"bad source", "rule h1 anything any -> link:x\n", 1, "source: expected a MAC, `any` or `not:MAC`, got \"anything\""},
@@ -465,6 +465,10 @@ func TestParseMatchAndTarget(t *testing.T) {
 	}
 	for in, ok := range map[string]bool{
 		"link:h1-h2":       true,
+		"deny":             true,
+		"allow":            true,
+		"DENY":             false,
+		"deny:x":           false,
 		"link:star-h1":     true,
 		"port:tap0":        true,
 		"port:/run/q.sock": true,
