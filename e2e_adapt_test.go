@@ -18,7 +18,6 @@ package main
 // Needs root; skipped otherwise. It reuses the plumbing of e2e_netns_test.go.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -26,8 +25,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"vnet/internal/netns"
 )
 
 const (
@@ -39,54 +36,15 @@ const (
 )
 
 func TestE2EAdapt(t *testing.T) {
-	if os.Getenv(e2eHelperEnv) != "" {
-		t.Skip("running as TestE2EHelper")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces, a bridge, veth pairs, TAP devices and tbf qdiscs")
-	}
-	var missing []string
-	missing = append(missing, netns.Missing("ip", "tc", "ping", "go")...)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		missing = append(missing, "/dev/net/tun")
-	}
-	if len(missing) > 0 {
-		msg := fmt.Sprintf("needs %s (apt-get install iproute2 iputils-ping)", strings.Join(missing, ", "))
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-
-	budget := 4 * time.Minute
-	if d, ok := t.Deadline(); ok && time.Until(d)-15*time.Second < budget {
-		budget = time.Until(d) - 15*time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	t.Cleanup(cancel)
-
-	dir := t.TempDir()
-	prefix := fmt.Sprintf("va%d", os.Getpid())
-	e := &e2eNet{ctx: ctx, lab: netns.New(prefix), dir: dir, nsHost: map[string]string{},
-		hosts: map[string]*netns.Proc{}, expect: map[*netns.Proc]bool{}}
-	t.Cleanup(func() {
-		if t.Failed() {
+	e := newE2ENet(t, "va", 4*time.Minute, "network namespaces, a bridge, veth pairs, TAP devices and tbf qdiscs",
+		[]string{"tc"}, func(e *e2eNet) {
 			e.dumpInfer(t)
 			e.dumpState(t)
 			var v any
 			err := e.ctl(&v, "plan")
 			b, _ := json.Marshal(v)
 			t.Logf("vnet ctl plan: %s %v", b, err)
-		}
-		if err := e.lab.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer ccancel()
-		if left, err := netns.Leftovers(cctx, prefix); err == nil && len(left) > 0 {
-			t.Errorf("cleanup left namespaces behind: %v", left)
-		}
-	})
+		})
 
 	// VNET_ADAPT_TOPOLOGIES (bench/adapt.sh) runs more patterns; CI runs all2all.
 	topos := []string{"all2all"}

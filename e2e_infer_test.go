@@ -14,11 +14,9 @@ package main
 // skipped otherwise. It reuses the plumbing of e2e_netns_test.go.
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -72,50 +70,8 @@ func (tp e2eTopologyJSON) String() string {
 }
 
 func TestE2EInference(t *testing.T) {
-	if os.Getenv(e2eHelperEnv) != "" {
-		t.Skip("running as TestE2EHelper")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces, a bridge, veth pairs and TAP devices")
-	}
-	var missing []string
-	missing = append(missing, netns.Missing("ip", "ping", "go")...)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		missing = append(missing, "/dev/net/tun")
-	}
-	if len(missing) > 0 {
-		msg := fmt.Sprintf("needs %s (apt-get install iproute2 iputils-ping)", strings.Join(missing, ", "))
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-
-	budget := 3 * time.Minute
-	if d, ok := t.Deadline(); ok && time.Until(d)-15*time.Second < budget {
-		budget = time.Until(d) - 15*time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	t.Cleanup(cancel) // after the cleanup below, which still asks the proxy
-
-	dir := t.TempDir()
-	prefix := fmt.Sprintf("vi%d", os.Getpid())
-	e := &e2eNet{ctx: ctx, lab: netns.New(prefix), dir: dir, nsHost: map[string]string{},
-		hosts: map[string]*netns.Proc{}, expect: map[*netns.Proc]bool{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			e.dumpInfer(t)
-			e.dumpState(t)
-		}
-		if err := e.lab.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer ccancel()
-		if left, err := netns.Leftovers(cctx, prefix); err == nil && len(left) > 0 {
-			t.Errorf("cleanup left namespaces behind: %v", left)
-		}
-	})
+	e := newE2ENet(t, "vi", 3*time.Minute, "network namespaces, a bridge, veth pairs and TAP devices", nil,
+		func(e *e2eNet) { e.dumpInfer(t); e.dumpState(t) })
 
 	var ranks []*netns.Proc
 	steps := []struct {

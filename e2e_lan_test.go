@@ -13,53 +13,13 @@ package main
 // completes. Needs root; skipped otherwise.
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"strings"
 	"testing"
 	"time"
-
-	"vnet/internal/netns"
 )
 
 func TestE2ELAN(t *testing.T) {
-	if os.Getenv(e2eHelperEnv) != "" {
-		t.Skip("running as TestE2EHelper")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces, veth pairs, TAP devices and a packet socket")
-	}
-	var missing []string
-	missing = append(missing, netns.Missing("ip", "ping", "go")...)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		missing = append(missing, "/dev/net/tun")
-	}
-	if len(missing) > 0 {
-		msg := fmt.Sprintf("needs %s (apt-get install iproute2 iputils-ping)", strings.Join(missing, ", "))
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	prefix := fmt.Sprintf("vl%d", os.Getpid())
-	e := &e2eNet{ctx: ctx, lab: netns.New(prefix), dir: t.TempDir(), nsHost: map[string]string{},
-		hosts: map[string]*netns.Proc{}, expect: map[*netns.Proc]bool{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			e.dumpState(t)
-		}
-		if err := e.lab.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer ccancel()
-		if left, err := netns.Leftovers(cctx, prefix); err == nil && len(left) > 0 {
-			t.Errorf("cleanup left namespaces behind: %v", left)
-		}
-	})
+	e := newE2ENet(t, "vl", 3*time.Minute, "network namespaces, veth pairs, TAP devices and a packet socket", nil,
+		func(e *e2eNet) { e.dumpState(t) })
 	lan := &e2eVM{name: "lan", ip: "10.88.0.100"}
 	steps := []struct {
 		name string

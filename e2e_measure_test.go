@@ -43,46 +43,8 @@ const (
 var e2eMeasureKinds = [e2eMeasureHosts]string{"tcp", "udp", "quic"}
 
 func TestE2EMeasure(t *testing.T) {
-	if os.Getenv(e2eHelperEnv) != "" {
-		t.Skip("running as TestE2EHelper")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces, veth pairs, TAP devices and tbf qdiscs")
-	}
-	var missing []string
-	missing = append(missing, netns.Missing("ip", "tc", "ping", "go")...)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		missing = append(missing, "/dev/net/tun")
-	}
-	if len(missing) > 0 {
-		msg := fmt.Sprintf("needs %s (apt-get install iproute2 iputils-ping)", strings.Join(missing, ", "))
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	budget := 3 * time.Minute
-	if d, ok := t.Deadline(); ok && time.Until(d)-15*time.Second < budget {
-		budget = time.Until(d) - 15*time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	t.Cleanup(cancel)
-	prefix := fmt.Sprintf("vw%d", os.Getpid())
-	e := &e2eNet{ctx: ctx, lab: netns.New(prefix), dir: t.TempDir(), nsHost: map[string]string{},
-		hosts: map[string]*netns.Proc{}, expect: map[*netns.Proc]bool{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			e.dumpState(t)
-		}
-		if err := e.lab.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer ccancel()
-		if left, err := netns.Leftovers(cctx, prefix); err == nil && len(left) > 0 {
-			t.Errorf("cleanup left namespaces behind: %v", left)
-		}
-	})
+	e := newE2ENet(t, "vw", 3*time.Minute, "network namespaces, veth pairs, TAP devices and tbf qdiscs", []string{"tc"},
+		func(e *e2eNet) { e.dumpState(t) })
 	for _, s := range []struct {
 		name string
 		f    func(t *testing.T)

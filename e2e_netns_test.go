@@ -202,49 +202,8 @@ func e2eHelper(mode, addr, size string) error {
 }
 
 func TestE2ENetns(t *testing.T) {
-	if os.Getenv(e2eHelperEnv) != "" {
-		t.Skip("running as TestE2EHelper")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: builds network namespaces, a bridge, veth pairs and TAP devices")
-	}
-	var missing []string
-	missing = append(missing, netns.Missing("ip", "nft", "ping", "go")...)
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		missing = append(missing, "/dev/net/tun")
-	}
-	if len(missing) > 0 {
-		msg := fmt.Sprintf("needs %s (apt-get install iproute2 nftables iputils-ping)", strings.Join(missing, ", "))
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-
-	budget := 4 * time.Minute
-	if d, ok := t.Deadline(); ok && time.Until(d)-15*time.Second < budget {
-		budget = time.Until(d) - 15*time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), budget)
-	t.Cleanup(cancel) // after the cleanup below, which still asks the proxy
-
-	dir := t.TempDir()
-	prefix := fmt.Sprintf("ve%d", os.Getpid())
-	e := &e2eNet{ctx: ctx, lab: netns.New(prefix), dir: dir, nsHost: map[string]string{},
-		hosts: map[string]*netns.Proc{}, expect: map[*netns.Proc]bool{}}
-	t.Cleanup(func() {
-		if t.Failed() {
-			e.dumpState(t)
-		}
-		if err := e.lab.Close(); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer ccancel()
-		if left, err := netns.Leftovers(cctx, prefix); err == nil && len(left) > 0 {
-			t.Errorf("cleanup left namespaces behind: %v", left)
-		}
-	})
+	e := newE2ENet(t, "ve", 4*time.Minute, "network namespaces, a bridge, veth pairs and TAP devices", []string{"nft"},
+		func(e *e2eNet) { e.dumpState(t) })
 
 	steps := []struct {
 		name string
@@ -841,4 +800,52 @@ func (e *e2eNet) dumpState(t *testing.T) {
 	for _, p := range e.lab.Procs() {
 		t.Logf("----- %s (%s) -----\n%s", p.Name, p.Log, p.Output())
 	}
+}
+
+// newE2ENet is the common start of a namespace test: it skips (or, in CI,
+// fails) without root or the tools, and returns a lab for namespaces named
+// after prefix with a deadline of budget (shortened to the test's own). On
+// cleanup it calls dump if the test failed, then removes every process and
+// namespace and checks that none is left.
+func newE2ENet(t *testing.T, prefix string, budget time.Duration, needs string, tools []string, dump func(e *e2eNet)) *e2eNet {
+	t.Helper()
+	if os.Getenv(e2eHelperEnv) != "" {
+		t.Skip("running as TestE2EHelper")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds " + needs)
+	}
+	missing := netns.Missing(append([]string{"ip", "ping", "go"}, tools...)...)
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		missing = append(missing, "/dev/net/tun")
+	}
+	if len(missing) > 0 {
+		msg := fmt.Sprintf("needs %s (apt-get install iproute2 iputils-ping)", strings.Join(missing, ", "))
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	if d, ok := t.Deadline(); ok && time.Until(d)-15*time.Second < budget {
+		budget = time.Until(d) - 15*time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	t.Cleanup(cancel) // after the cleanup below, which may still ask the daemons
+	prefix = fmt.Sprintf("%s%d", prefix, os.Getpid())
+	e := &e2eNet{ctx: ctx, lab: netns.New(prefix), dir: t.TempDir(), nsHost: map[string]string{},
+		hosts: map[string]*netns.Proc{}, expect: map[*netns.Proc]bool{}}
+	t.Cleanup(func() {
+		if t.Failed() && dump != nil {
+			dump(e)
+		}
+		if err := e.lab.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer ccancel()
+		if left, err := netns.Leftovers(cctx, prefix); err == nil && len(left) > 0 {
+			t.Errorf("cleanup left namespaces behind: %v", left)
+		}
+	})
+	return e
 }
