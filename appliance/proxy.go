@@ -388,20 +388,23 @@ func (p *Proxy) runHost(name string, link *tunnel.Link) {
 }
 
 // onHostControl handles a host's messages (on its star link's reader).
-func (p *Proxy) onHostControl(l *tunnel.Link, b []byte) {
+func (p *Proxy) onHostControl(l *tunnel.Link, b []byte) { p.hostControl(l.Peer().Name, l, b) }
+
+// hostControl handles message b from host name over link l.
+func (p *Proxy) hostControl(name string, l *tunnel.Link, b []byte) {
 	var m ctrlMsg
 	if err := json.Unmarshal(b, &m); err != nil {
-		p.log.Warn("malformed control message", "from", l.Peer().Name, "err", err)
+		p.log.Warn("malformed control message", "from", name, "err", err)
 		return
 	}
 	switch m.Op {
 	case opStatus:
 		if m.Status != nil {
-			p.onStatus(l.Peer().Name, l, *m.Status)
+			p.onStatus(name, l, *m.Status)
 		}
 	case opMatrix:
 		if r := m.Matrix; r != nil {
-			p.addReport(fmt.Sprintf("%s/%x", l.Peer().Name, r.Boot), r)
+			p.addReport(fmt.Sprintf("%s/%x", name, r.Boot), r)
 		}
 	case opLookupOK:
 		p.mu.Lock()
