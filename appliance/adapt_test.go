@@ -50,7 +50,7 @@ func TestAdaptBuildsFastPaths(t *testing.T) {
 		return true
 	})
 	// Frames from h1's second VM to h2's first now go direct.
-	n.waitFor("the ring's traffic on the fast path", 10*time.Second, func() bool {
+	n.waitFor("the ring's traffic on the fast path", 30*time.Second, func() bool {
 		return strings.HasPrefix(n.route(n.vms[1], n.vms[2]), "h1:link:h1-h2 h2:port:vm1")
 	})
 	var acts []string

@@ -112,7 +112,7 @@ func TestDashboardBrowser(t *testing.T) {
 		return v
 	}
 	var v view
-	n.waitFor("the page to show three hosts, six VMs and the ring", 30*time.Second, func() bool {
+	n.waitFor("the page to show three hosts, six VMs and the ring", 60*time.Second, func() bool {
 		v = look()
 		return v.Hosts == 3 && v.VMs == 6 && strings.HasSuffix(v.Archetypes, "ring") && v.Edges == 6 && v.Links >= 3
 	})
@@ -122,7 +122,7 @@ func TestDashboardBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop = n.runPattern("all2all", 7700)
-	n.waitFor("the page to follow the switch to all2all", 30*time.Second, func() bool {
+	n.waitFor("the page to follow the switch to all2all", 60*time.Second, func() bool {
 		v = look()
 		return strings.HasSuffix(v.Archetypes, "ring,all2all") && v.Edges == 15 && v.Cells == 36
 	})
