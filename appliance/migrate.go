@@ -91,12 +91,7 @@ func InProcessMigrator(hosts ...*Host) Migrator {
 		if err != nil {
 			return err
 		}
-		cable, ok := port.(*netvm.Cable)
-		if !ok {
-			src.AttachPort(LocalPort{Name: name, Port: port}) // cannot happen: DetachVM checked
-			return fmt.Errorf("port %s on %s is not a netstack VM", name, from)
-		}
-		vm := cable.VM()
+		vm := port.(*netvm.Cable).VM() // DetachVM detaches cables only
 		if err := dst.AttachPort(LocalPort{Name: dst.freePortName(name), Port: vm.Plug()}); err != nil {
 			src.AttachPort(LocalPort{Name: name, Port: vm.Plug()})
 			return fmt.Errorf("attaching on %s: %w (the VM stays on %s)", to, err, from)
