@@ -510,8 +510,12 @@ func (g *Aggregator) Tick() (again time.Duration) {
 	// undirected edge set and has settled, so it is no noise the threshold
 	// must absorb. The same archetype with an edge more or less (a
 	// direction that began later) refines the declared one, silently.
+	// For the same archetype only the edges gained or lost count, not the
+	// reweighting of the edges both share: with recent traffic weighed
+	// most, a bursty steady pattern shifts its weights by more than the
+	// threshold from one second to the next, and that is no new topology.
 	named := g.decl.has && topo.Archetype != ""
-	if named && topo.Archetype == g.decl.topo.Archetype && d <= g.cfg.Threshold {
+	if named && topo.Archetype == g.decl.topo.Archetype && movedEdges(vec, g.decl.ref) <= g.cfg.Threshold {
 		topo.ChangedAt = g.decl.topo.ChangedAt
 		g.decl.topo, g.decl.sig, g.decl.ref = topo, sig, vec
 		return 0
@@ -626,6 +630,24 @@ func normalised(t Topology) map[pairKey]float64 {
 		out[pairKey{e.Src, e.Dst}] = e.Weight / total
 	}
 	return out
+}
+
+// movedEdges is the share of traffic on the edges that only one of two
+// normalised matrices has: ½ (Σ a[k] for k not in b + Σ b[k] for k not
+// in a), in [0, 1], at most tvDistance(a, b).
+func movedEdges(a, b map[pairKey]float64) float64 {
+	var s float64
+	for k, x := range a {
+		if _, ok := b[k]; !ok {
+			s += x
+		}
+	}
+	for k, y := range b {
+		if _, ok := a[k]; !ok {
+			s += y
+		}
+	}
+	return s / 2
 }
 
 // tvDistance is the total-variation distance ½ Σ |a − b| of two
