@@ -53,6 +53,7 @@ Examples:
 	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
 	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
 	mkAcct := accountFlags(fs)
+	offload := fs.Bool("offload", true, "TAP devices take the VM's TCP segments of up to 64 KB and unfinished checksums, which cross links to peers that take them whole (false: 1514-byte frames everywhere)")
 	noInfer := fs.Bool("no-infer", false, "do not account VM traffic (no inference; to measure what it costs)")
 	reportEvery := fs.Duration("infer-report-interval", appliance.ReportInterval, "push active VM pairs' traffic to the proxy this often\n"+
 		"(VTTIF's update rate; a pair that turns active is reported at once anyway; shorter: a steadier\n"+
@@ -96,7 +97,8 @@ Examples:
 	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
 		return err
 	}
-	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, log)
+	cfg.NoOffload = !*offload
+	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, *offload, log)
 	if err != nil {
 		return err
 	}
@@ -114,7 +116,7 @@ Examples:
 
 // openPorts opens the VM-facing ports named on the command line. On error it
 // closes what it opened.
-func openPorts(taps, qemuSockets, qemuConnects, qemuDgrams []string, log *slog.Logger) (ports []appliance.LocalPort, err error) {
+func openPorts(taps, qemuSockets, qemuConnects, qemuDgrams []string, offload bool, log *slog.Logger) (ports []appliance.LocalPort, err error) {
 	defer func() {
 		if err != nil {
 			closePorts(ports)
@@ -131,7 +133,7 @@ func openPorts(taps, qemuSockets, qemuConnects, qemuDgrams []string, log *slog.L
 		return nil
 	}
 	for _, t := range taps {
-		p, err := bridge.OpenTAP(t, log)
+		p, err := openTAP(t, offload, log)
 		if err != nil {
 			return nil, portErr("--tap", t, err)
 		}
@@ -177,4 +179,17 @@ func openPorts(taps, qemuSockets, qemuConnects, qemuDgrams []string, log *slog.L
 func portName(path string) string {
 	base := filepath.Base(path)
 	return strings.TrimSuffix(base, filepath.Ext(base))
+}
+
+// openTAP opens TAP device name with offloads if asked, and without them
+// if the kernel refuses them.
+func openTAP(name string, offload bool, log *slog.Logger) (*bridge.TAPPort, error) {
+	if offload {
+		p, err := bridge.OpenTAPOffload(name, log)
+		if err == nil || !strings.Contains(err.Error(), "TUNSETOFFLOAD") {
+			return p, err
+		}
+		log.Warn("TAP offloads refused; using plain frames", "tap", name, "err", err)
+	}
+	return bridge.OpenTAP(name, log)
 }

@@ -88,7 +88,7 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
 		return err
 	}
-	ports, err := openPorts(*taps, nil, nil, nil, log)
+	ports, err := openPorts(*taps, nil, nil, nil, !cfg.NoOffload, log)
 	if err != nil {
 		return err
 	}

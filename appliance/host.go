@@ -57,6 +57,9 @@ type HostConfig struct {
 	Ports    []LocalPort         // VM-facing ports to attach
 	Infer    infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
 	NoInfer  bool                // count nothing (to measure what accounting costs)
+	// NoOffload keeps super-frames (bridge.OffloadPort) off the host's
+	// links: every frame crosses them as a plain 1514-byte one.
+	NoOffload bool
 	// ReportInterval is how often the host pushes active pairs' traffic
 	// (VTTIF's update rate); zero: the package's ReportInterval.
 	ReportInterval time.Duration
@@ -237,7 +240,7 @@ func (h *Host) routineStar() {
 	defer h.wg.Done()
 	name := StarLinkName(h.cfg.Name)
 	bo := tunnel.Backoff{Min: ProxyBackoffMin, Max: ProxyBackoffMax}
-	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: name}
+	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: name, Offload: !h.cfg.NoOffload}
 	for h.ctx.Err() == nil {
 		var link *tunnel.Link
 		var errs []error

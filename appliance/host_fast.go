@@ -88,7 +88,7 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 // mapping opened by the peer's punches lets us in), over TCP to each of its
 // TCP candidates. It says how the link was made.
 func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, string, error) {
-	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: fl.Name}
+	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: fl.Name, Offload: !h.cfg.NoOffload}
 	order := []string{"tcp", "udp"}
 	if fl.Kind == "udp" {
 		order = []string{"udp", "tcp"}
@@ -199,7 +199,7 @@ func (h *Host) sleepCtx(ctx context.Context, d time.Duration) {
 // routineAccept takes fast links dialed by other hosts.
 func (h *Host) routineAccept(ln tunnel.Acceptor) {
 	defer h.wg.Done()
-	me := tunnel.Hello{Name: h.cfg.Name, Role: "host"}
+	me := tunnel.Hello{Name: h.cfg.Name, Role: "host", Offload: !h.cfg.NoOffload}
 	for {
 		in, err := ln.Accept(h.ctx)
 		if err != nil {

@@ -37,11 +37,14 @@ type ProxyConfig struct {
 	// APIToken, if set, is required of every API request, and lets the API
 	// listen beyond loopback.
 	APIToken string
-	StateDir string              // where desired state survives restarts; "" for none
-	Ports    []LocalPort         // VM-facing ports on the proxy itself
-	Infer    infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
-	Global   infer.GlobalConfig  // aggregation, smoothing, change detection; zero: defaults
-	Adapt    AdaptConfig         // the adaptation controller; off unless Enabled
+	StateDir string      // where desired state survives restarts; "" for none
+	Ports    []LocalPort // VM-facing ports on the proxy itself
+	// NoOffload keeps super-frames (bridge.OffloadPort) off the proxy's
+	// links: every frame crosses them as a plain 1514-byte one.
+	NoOffload bool
+	Infer     infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
+	Global    infer.GlobalConfig  // aggregation, smoothing, change detection; zero: defaults
+	Adapt     AdaptConfig         // the adaptation controller; off unless Enabled
 	// Migrator moves VMs (`vnet ctl migrate`, and the controller when
 	// Adapt.Migrate); nil: MigrateCmd if set, else VMs are not moved.
 	Migrator       Migrator
@@ -314,7 +317,7 @@ func addrPort(a net.Addr) uint16 {
 
 func (p *Proxy) routineAccept(ln tunnel.Acceptor) {
 	defer p.wg.Done()
-	me := tunnel.Hello{Name: "proxy", Role: "proxy"}
+	me := tunnel.Hello{Name: "proxy", Role: "proxy", Offload: !p.cfg.NoOffload}
 	for {
 		in, err := ln.Accept(p.ctx)
 		if err != nil {

@@ -77,10 +77,17 @@ func (r Role) String() string {
 	return fmt.Sprintf("role(%d)", uint8(r))
 }
 
-// frame is one pooled buffer: Headroom bytes, then the frame of length n.
+// frame is one pooled buffer: Headroom bytes (whose last VnetHdrLen are
+// the header slot, offload.go), then the frame of length n. buf is BufSize
+// bytes, or SuperBufSize for frames of an OffloadPort.
 type frame struct {
-	buf [BufSize]byte
+	buf []byte
 	n   int
 }
 
 func (f *frame) data() []byte { return f.buf[Headroom : Headroom+f.n] }
+
+// slot is the frame's virtio-net header slot.
+func (f *frame) slot() []byte { return f.buf[Headroom-VnetHdrLen : Headroom] }
+
+func (f *frame) super() bool { return len(f.buf) > BufSize }

@@ -27,8 +27,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// tapBatch is BatchSize of a TAP port.
-const tapBatch = 64
+// tapBatch is BatchSize of a TAP port; an offloading one reads fewer, as
+// each of its frames may be 64 KB.
+const (
+	tapBatch        = 64
+	tapOffloadBatch = 16
+)
+
+// tapOffloads are the offloads an offloading TAP device takes: checksums
+// left to fill, and TCP segmentation over IPv4 and IPv6 (with ECN).
+const tapOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_TSO_ECN
 
 // TAPPort is a Port on a Linux TAP device that vnet created (or attached
 // to, if a non-persistent device of that name is free). The device is not
@@ -37,10 +45,10 @@ const tapBatch = 64
 // e.g. "ip link set NAME up". While the link is down, writes fail and are
 // counted as "write-error" drops.
 type TAPPort struct {
-	log    *slog.Logger
-	name   string
-	dev    *water.Interface
-	file   *os.File
+	log     *slog.Logger
+	name    string
+	file    *os.File
+	offload bool // opened with IFF_VNET_HDR and tapOffloads
 	rc     syscall.RawConn
 	drops  vmDrops
 	closed atomic.Bool
@@ -94,12 +102,60 @@ func OpenTAP(name string, log *slog.Logger) (*TAPPort, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &TAPPort{log: log.With("tap", dev.Name()), name: dev.Name(), dev: dev, file: file, rc: rc}
+	return newTAPPort(dev.Name(), file, rc, false, log), nil
+}
+
+func newTAPPort(name string, file *os.File, rc syscall.RawConn, offload bool, log *slog.Logger) *TAPPort {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &TAPPort{log: log.With("tap", name), name: name, file: file, rc: rc, offload: offload}
 	p.r.fn = p.readReady
 	p.r.iov[1] = p.r.tail[:]
-	p.log.Info("TAP device attached")
-	return p, nil
+	p.log.Info("TAP device attached", "offloads", offload)
+	return p
 }
+
+// OpenTAPOffload is OpenTAP for a device with offloads (IFF_VNET_HDR,
+// TUNSETOFFLOAD: checksums and TCP segmentation): the VM's kernel hands
+// over TCP segments of up to 64 KB and unfinished checksums, which cross
+// the switch, and links that take them, whole (see OffloadPort). water
+// cannot set these flags, so the device is opened here. An error says
+// what failed; a kernel without the offloads fails at TUNSETOFFLOAD, and
+// the caller may fall back to OpenTAP.
+func OpenTAPOffload(name string, log *slog.Logger) (*TAPPort, error) {
+	if len(name) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("creating TAP device %s: name longer than %d bytes", name, unix.IFNAMSIZ-1)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, tapOpenError(name, err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("creating TAP device %s: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, tapOpenError(name, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tapOffloads); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("creating TAP device %s: setting offloads (TUNSETOFFLOAD): %w", name, err)
+	}
+	file := os.NewFile(uintptr(fd), "/dev/net/tun")
+	rc, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("creating TAP device %s: %w", name, err)
+	}
+	return newTAPPort(ifr.Name(), file, rc, true, log), nil
+}
+
+// Offloads implements OffloadPort.
+func (p *TAPPort) Offloads() bool { return p.offload }
 
 // tapOpenError explains the usual ways creating a TAP device fails.
 func tapOpenError(name string, err error) error {
@@ -151,8 +207,12 @@ func (p *TAPPort) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // none left. It returns false (wait for the poller) only if it read nothing.
 func (p *TAPPort) readReady(fd uintptr) bool {
 	r := &p.r
+	hdr := 0
+	if p.offload {
+		hdr = VnetHdrLen
+	}
 	for r.n < len(r.bufs) {
-		room := r.bufs[r.n][r.offset:]
+		room := r.bufs[r.n][r.offset-hdr:]
 		r.iov[0] = room
 		n, err := unix.Readv(int(fd), r.iov[:])
 		r.iov[0] = nil
@@ -166,10 +226,10 @@ func (p *TAPPort) readReady(fd uintptr) bool {
 			return true
 		case n > len(room): // the frame spilled into tail: too long
 			p.drops.add(vmDropOversize, 1)
-		case n < MinFrame:
+		case n < hdr+MinFrame:
 			p.drops.add(vmDropRunt, 1)
 		default:
-			r.sizes[r.n] = n
+			r.sizes[r.n] = n - hdr
 			r.n++
 		}
 	}
@@ -177,12 +237,16 @@ func (p *TAPPort) readReady(fd uintptr) bool {
 }
 
 // Write implements Port with one write(2) per frame (a TAP device has no
-// batch write without virtio-net headers). A frame the device refuses is
-// counted ("write-error") and the rest are still written; only a closed
-// port fails.
+// batch write), with its header slot on an offloading device. A frame the
+// device refuses is counted ("write-error") and the rest are still
+// written; only a closed port fails.
 func (p *TAPPort) Write(bufs [][]byte, offset int) (int, error) {
+	hdr := 0
+	if p.offload {
+		hdr = VnetHdrLen
+	}
 	for i, b := range bufs {
-		if _, err := p.file.Write(b[offset:]); err != nil {
+		if _, err := p.file.Write(b[offset-hdr:]); err != nil {
 			if p.closed.Load() {
 				return i, net.ErrClosed
 			}
@@ -200,7 +264,12 @@ func (p *TAPPort) Write(bufs [][]byte, offset int) (int, error) {
 }
 
 // BatchSize implements Port.
-func (p *TAPPort) BatchSize() int { return tapBatch }
+func (p *TAPPort) BatchSize() int {
+	if p.offload {
+		return tapOffloadBatch
+	}
+	return tapBatch
+}
 
 // Drops returns the frames the port dropped itself, by reason ("runt",
 // "oversize", "write-error"); only non-zero reasons appear.
@@ -211,7 +280,7 @@ func (p *TAPPort) Close() error {
 	var err error
 	p.once.Do(func() {
 		p.closed.Store(true)
-		if err = p.dev.Close(); err != nil {
+		if err = p.file.Close(); err != nil {
 			err = fmt.Errorf("closing TAP device %s: %w", p.name, err)
 		}
 		p.log.Info("TAP device closed")

@@ -40,3 +40,9 @@ func (p *TAPPort) Drops() map[string]uint64 { return nil }
 
 // Close implements Port.
 func (p *TAPPort) Close() error { return nil }
+
+// OpenTAPOffload fails off Linux.
+func OpenTAPOffload(name string, log *slog.Logger) (*TAPPort, error) { return OpenTAP(name, log) }
+
+// Offloads implements OffloadPort.
+func (p *TAPPort) Offloads() bool { return false }

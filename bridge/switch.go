@@ -24,11 +24,16 @@ const (
 	DropQueueFull         // egress: the output queue was full (slow port)
 	DropWriteError        // egress: the port failed to write
 	DropDenied            // ingress: an access rule (deny) matched
+	DropBadOffload        // ingress: a virtio-net header that describes no valid frame; egress: a super-frame a plain port cannot take
 	numDropReasons
 )
 
 // DropReasonNames names the drop reasons, for logs, the API and metrics.
-var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied"}
+var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload"}
+
+// maxSuperQueued bounds the super-frames waiting in one port's queue (up to
+// 64 KB each: QueueLen of them would be 64 MB).
+const maxSuperQueued = 64
 
 type portCounters struct {
 	rxFrames, rxBytes, txFrames, txBytes atomic.Uint64
@@ -45,6 +50,8 @@ type portState struct {
 	removed atomic.Bool
 	wg      sync.WaitGroup
 	c       portCounters
+	offload bool         // port is an OffloadPort that Offloads
+	supers  atomic.Int32 // super-frames in queue
 }
 
 // portSet is an immutable snapshot of the attached ports, replaced as a
@@ -73,10 +80,11 @@ type Config struct {
 
 // Switch is the layer-2 switch. Its methods are safe for concurrent use.
 type Switch struct {
-	log      *slog.Logger
-	observer Observer
-	macs     *macTable
-	pool     sync.Pool
+	log       *slog.Logger
+	observer  Observer
+	macs      *macTable
+	pool      sync.Pool // frames of BufSize
+	superPool sync.Pool // frames of SuperBufSize
 
 	mu    sync.Mutex // serialises port and rule changes
 	ports atomic.Pointer[portSet]
@@ -97,14 +105,28 @@ func New(cfg Config) *Switch {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Switch{log: log, observer: cfg.Observer, macs: newMACTable(cfg.MaxMACs)}
-	s.pool.New = func() any { return new(frame) }
+	s.pool.New = func() any { return &frame{buf: make([]byte, BufSize)} }
+	s.superPool.New = func() any { return &frame{buf: make([]byte, SuperBufSize)} }
 	s.ports.Store(&portSet{byName: map[string]*portState{}})
 	s.rules.Store(&ruleSet{})
 	return s
 }
 
-func (s *Switch) getFrame() *frame  { return s.pool.Get().(*frame) }
-func (s *Switch) putFrame(f *frame) { f.n = 0; s.pool.Put(f) }
+func (s *Switch) getFrame(super bool) *frame {
+	if super {
+		return s.superPool.Get().(*frame)
+	}
+	return s.pool.Get().(*frame)
+}
+
+func (s *Switch) putFrame(f *frame) {
+	f.n = 0
+	if f.super() {
+		s.superPool.Put(f)
+	} else {
+		s.pool.Put(f)
+	}
+}
 
 // ErrPortExists is returned by AddPort for a name already in use.
 var ErrPortExists = errors.New("port name already in use")
@@ -122,6 +144,9 @@ func (s *Switch) AddPort(name string, role Role, p Port) error {
 		return fmt.Errorf("%w: %s", ErrPortExists, name)
 	}
 	ps := &portState{name: name, role: role, port: p, queue: make(chan *frame, QueueLen), done: make(chan struct{})}
+	if op, ok := p.(OffloadPort); ok && op.Offloads() {
+		ps.offload = true
+	}
 	s.publishLocked(old, ps, "")
 	ps.wg.Add(2)
 	go s.routineRead(ps)
@@ -273,8 +298,8 @@ func (s *Switch) routineRead(in *portState) {
 	sizes := make([]int, bs)
 	views := make([][]byte, 0, bs)
 	for i := range frames {
-		frames[i] = s.getFrame()
-		bufs[i] = frames[i].buf[:]
+		frames[i] = s.getFrame(in.offload)
+		bufs[i] = frames[i].buf
 	}
 	defer func() {
 		for _, f := range frames {
@@ -286,6 +311,11 @@ func (s *Switch) routineRead(in *portState) {
 		n, err := in.port.Read(bufs, sizes, Headroom)
 		for i := 0; i < n; i++ {
 			frames[i].n = sizes[i]
+			if !in.offload {
+				// The port never wrote the slot: clear what the buffer's
+				// last owner left there.
+				clear(frames[i].slot())
+			}
 		}
 		if s.observer != nil && n > 0 {
 			views = views[:0]
@@ -297,8 +327,8 @@ func (s *Switch) routineRead(in *portState) {
 		now := time.Now().UnixNano()
 		for i := 0; i < n; i++ {
 			if r.forward(frames[i], now) {
-				frames[i] = s.getFrame()
-				bufs[i] = frames[i].buf[:]
+				frames[i] = s.getFrame(in.offload)
+				bufs[i] = frames[i].buf
 			}
 		}
 		if err != nil {
@@ -329,6 +359,10 @@ func (r *reader) forward(f *frame, now int64) bool {
 	in.c.rxBytes.Add(uint64(n))
 	if n < MinFrame {
 		in.c.drops[DropRunt].Add(1)
+		return false
+	}
+	if in.offload && !IsPlainHdr(f.slot()) && !ValidVnetHdr(ParseVnetHdr(f.slot()), n) {
+		in.c.drops[DropBadOffload].Add(1)
 		return false
 	}
 	d := f.data()
@@ -389,9 +423,9 @@ func (r *reader) forward(f *frame, now int64) bool {
 	// Every output but the first gets its own copy: one owner per buffer,
 	// since a link may write its header into the headroom in place.
 	for _, p := range outs[1:] {
-		c := s.getFrame()
+		c := s.getFrame(f.super())
 		c.n = n
-		copy(c.data(), d)
+		copy(c.buf[Headroom-VnetHdrLen:], f.buf[Headroom-VnetHdrLen:Headroom+n])
 		s.enqueue(p, c)
 	}
 	s.enqueue(outs[0], f)
@@ -443,35 +477,43 @@ func (r *reader) ruleOutputs(rs *ruleSet, set *portSet, src, dst MAC, outs []*po
 }
 
 func (s *Switch) enqueue(p *portState, f *frame) {
+	super := f.super()
+	if super && p.supers.Add(1) > maxSuperQueued {
+		p.supers.Add(-1)
+		p.c.drops[DropQueueFull].Add(1)
+		s.putFrame(f)
+		return
+	}
 	select {
 	case p.queue <- f:
 	default:
+		if super {
+			p.supers.Add(-1)
+		}
 		p.c.drops[DropQueueFull].Add(1)
 		s.putFrame(f)
 	}
 }
 
-// routineWrite drains one port's queue in batches.
+// routineWrite drains one port's queue in batches. A plain port's
+// super-frames and unfinished checksums are made plain here, on the
+// writer's goroutine, so only the port that needs it pays.
 func (s *Switch) routineWrite(p *portState) {
 	defer p.wg.Done()
-	bs := max(p.port.BatchSize(), 1)
-	batch := make([]*frame, 0, bs)
-	bufs := make([][]byte, bs)
-	release := func() {
-		for i, f := range batch {
-			s.putFrame(f)
-			batch[i] = nil
-		}
-		batch = batch[:0]
-	}
+	w := writer{s: s, p: p, bs: max(p.port.BatchSize(), 1)}
+	w.batch = make([]*frame, 0, w.bs)
+	w.bufs = make([][]byte, w.bs)
+	w.emit = w.add
 	for {
 		select {
 		case f := <-p.queue:
-			batch = append(batch, f)
+			w.take(f)
 		case <-p.done:
+			w.release()
 			for {
 				select {
 				case f := <-p.queue:
+					w.popped(f)
 					s.putFrame(f)
 				default:
 					return
@@ -479,31 +521,82 @@ func (s *Switch) routineWrite(p *portState) {
 			}
 		}
 	fill:
-		for len(batch) < bs {
+		for len(w.batch) < w.bs {
 			select {
 			case f := <-p.queue:
-				batch = append(batch, f)
+				w.take(f)
 			default:
 				break fill
 			}
 		}
-		var bytes uint64
-		for i, f := range batch {
-			bufs[i] = f.buf[:Headroom+f.n]
-			bytes += uint64(f.n)
-		}
-		n, err := p.port.Write(bufs[:len(batch)], Headroom)
-		if n > 0 {
-			p.c.txFrames.Add(uint64(n))
-			for _, f := range batch[:n] {
-				p.c.txBytes.Add(uint64(f.n))
-			}
-		}
-		if err != nil && n < len(batch) {
-			p.c.drops[DropWriteError].Add(uint64(len(batch) - n))
-		}
-		release()
+		w.flush()
 	}
+}
+
+// writer is routineWrite's state.
+type writer struct {
+	s     *Switch
+	p     *portState
+	bs    int
+	batch []*frame
+	bufs  [][]byte
+	emit  func(*frame) // w.add, bound once
+}
+
+func (w *writer) popped(f *frame) {
+	if f.super() {
+		w.p.supers.Add(-1)
+	}
+}
+
+// take queues f for the next write, made plain first if the port wants.
+func (w *writer) take(f *frame) {
+	w.popped(f)
+	if w.p.offload || IsPlainHdr(f.slot()) {
+		w.add(f)
+		return
+	}
+	if !w.s.plainFrames(f, w.emit) {
+		w.p.c.drops[DropBadOffload].Add(1)
+		w.s.putFrame(f)
+	}
+}
+
+func (w *writer) add(f *frame) {
+	if len(w.batch) == w.bs {
+		w.flush()
+	}
+	w.batch = append(w.batch, f)
+}
+
+func (w *writer) flush() {
+	if len(w.batch) == 0 {
+		return
+	}
+	p := w.p
+	for i, f := range w.batch {
+		w.bufs[i] = f.buf[:Headroom+f.n]
+	}
+	n, err := p.port.Write(w.bufs[:len(w.batch)], Headroom)
+	if n > 0 {
+		p.c.txFrames.Add(uint64(n))
+		for _, f := range w.batch[:n] {
+			p.c.txBytes.Add(uint64(f.n))
+		}
+	}
+	if err != nil && n < len(w.batch) {
+		p.c.drops[DropWriteError].Add(uint64(len(w.batch) - n))
+	}
+	w.release()
+}
+
+func (w *writer) release() {
+	for i, f := range w.batch {
+		w.s.putFrame(f)
+		w.batch[i] = nil
+		w.bufs[i] = nil
+	}
+	w.batch = w.batch[:0]
 }
 
 // PortStats is a snapshot of one port's counters.

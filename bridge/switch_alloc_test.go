@@ -87,7 +87,7 @@ func forwardRig(tb testing.TB, withRules bool) (*Switch, *reader, *portState, MA
 // forwardOne forwards one copy of raw from v1 and takes it off s1's queue,
 // returning the buffer to the pool, as s1's writer would.
 func forwardOne(tb testing.TB, s *Switch, r *reader, out *portState, raw []byte) {
-	f := s.getFrame()
+	f := s.getFrame(false)
 	f.n = copy(f.buf[Headroom:], raw)
 	if !r.forward(f, time.Now().UnixNano()) {
 		tb.Fatal("frame not forwarded")

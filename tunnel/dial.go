@@ -52,6 +52,9 @@ type Hello struct {
 	Role    string `json:"role"`           // "proxy" or "host"
 	Link    string `json:"link,omitempty"` // the link's name, chosen by the dialer
 	Error   string `json:"error,omitempty"`
+	// Offload: the sender takes super-frames (MsgFrameGSO) on this link.
+	// A link carries them when both sides say so and its transport can.
+	Offload bool `json:"offload,omitempty"`
 }
 
 func writeHello(bw *bufio.Writer, h Hello) error {
@@ -126,7 +129,7 @@ func Dial(ctx context.Context, ep Endpoint, creds *Credentials, hello Hello, log
 		return fail(fmt.Errorf("%w by %s: %s", ErrRefused, peer.Name, peer.Error))
 	}
 	conn.SetDeadline(time.Time{})
-	return newLink(newStreamTransport(conn, br), peer, log, h), nil
+	return newLink(newStreamTransport(conn, br), hello, peer, log, h), nil
 }
 
 // Listener accepts authenticated links.
@@ -280,7 +283,7 @@ func (in *Incoming) Accept(hello Hello, log *slog.Logger, h ControlHandler) (*Li
 	if err != nil {
 		return nil, err
 	}
-	return newLink(t, in.Hello, log, h), nil
+	return newLink(t, hello, in.Hello, log, h), nil
 }
 
 // Refuse answers with a hello carrying reason and drops the connection.

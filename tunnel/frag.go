@@ -41,7 +41,7 @@ func ParseInner(b []byte) (typ byte, id uint16, index, count uint8, chunk []byte
 	if count == 0 || count > MaxFragments || index >= count {
 		return 0, 0, 0, 0, nil, fmt.Errorf("bad fragment %d of %d", index, count)
 	}
-	if typ < MsgFrame || typ > MsgPong {
+	if typ < MsgFrame || typ > MsgFrameGSO {
 		return 0, 0, 0, 0, nil, fmt.Errorf("unknown message type %d", typ)
 	}
 	return typ, id, index, count, b[InnerHeaderLen:], nil

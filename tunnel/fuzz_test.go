@@ -42,7 +42,7 @@ func FuzzLinkStream(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		us, them := net.Pipe()
 		go io.Copy(io.Discard, them) // pongs
-		l := newLink(newStreamTransport(us, bufio.NewReader(bytes.NewReader(data))), Hello{Name: "fuzz"}, quietLog(), func(*Link, []byte) {})
+		l := newLink(newStreamTransport(us, bufio.NewReader(bytes.NewReader(data))), Hello{Offload: true}, Hello{Name: "fuzz", Offload: true}, quietLog(), func(*Link, []byte) {})
 		defer func() { l.Close(); them.Close() }()
 		bufs := make([][]byte, 8)
 		sizes := make([]int, 8)

@@ -41,6 +41,7 @@ type ControlHandler func(l *Link, msg []byte)
 type Link struct {
 	t         transport
 	peer      Hello
+	offload   bool // super-frames cross (offload.go)
 	log       *slog.Logger
 	onControl ControlHandler
 
@@ -53,6 +54,8 @@ type Link struct {
 	txBytes atomic.Uint64
 	rxBytes atomic.Uint64
 	txBusy  atomic.Int64 // ns spent inside the transport's writeFrames
+	// rxRefused counts super-frames from a peer that was not offered them.
+	rxRefused atomic.Uint64
 	est     *estimator   // passive measurement (measure.go)
 
 	closeOnce sync.Once
@@ -63,11 +66,14 @@ type Link struct {
 	err       error
 }
 
-var _ bridge.Port = (*Link)(nil)
+var _ bridge.OffloadPort = (*Link)(nil)
 
-func newLink(t transport, peer Hello, log *slog.Logger, h ControlHandler) *Link {
+func newLink(t transport, me, peer Hello, log *slog.Logger, h ControlHandler) *Link {
 	l := &Link{t: t, peer: peer, log: log, onControl: h, epoch: time.Now(), done: make(chan struct{}),
 		quiet: make(chan struct{}), est: newEstimator()}
+	if st, ok := t.(superTransport); ok && me.Offload && peer.Offload && st.carriesSuper() {
+		l.offload = true
+	}
 	l.keepalive, l.deadAfter, l.writeTimeout = KeepaliveInterval, DeadAfter, WriteTimeout
 	go l.routineKeepalive()
 	return l
@@ -96,11 +102,23 @@ func (l *Link) Measurement() Measurement { return l.est.measurement(l.since()) }
 // TransportStats are the transport's own counters (datagrams, drops by
 // reason), when it keeps any.
 func (l *Link) TransportStats() map[string]uint64 {
+	var out map[string]uint64
 	if st, ok := l.t.(interface{ Stats() map[string]uint64 }); ok {
-		return st.Stats()
+		out = st.Stats()
 	}
-	return nil
+	if n := l.rxRefused.Load(); n > 0 {
+		if out == nil {
+			out = map[string]uint64{}
+		}
+		out["offload-refused"] = n
+	}
+	return out
 }
+
+// Offloads implements bridge.OffloadPort: super-frames cross this link
+// whole when both daemons offered them (Hello.Offload) and the transport
+// carries them (TCP and UDP links; not QUIC's datagrams).
+func (l *Link) Offloads() bool { return l.offload }
 
 // TxBytes and RxBytes count frame bytes sent and received.
 func (l *Link) TxBytes() uint64 { return l.txBytes.Load() }
@@ -143,15 +161,26 @@ func (l *Link) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		if n > 0 && !l.t.more() {
 			break
 		}
-		typ, payload, err := l.t.readMsg(bufs[n][offset:])
+		typ, payload, err := l.t.readMsg(bufs[n], offset)
 		if err != nil {
 			return n, l.readFailed(err)
 		}
 		l.lastRx.Store(l.since())
 		switch typ {
 		case MsgFrame:
+			if l.offload {
+				clear(bufs[n][offset-bridge.VnetHdrLen : offset])
+			}
 			sizes[n] = len(payload)
 			l.rxBytes.Add(uint64(len(payload)))
+			n++
+		case MsgFrameGSO:
+			if !l.offload { // the peer sends what it was not offered
+				l.rxRefused.Add(1)
+				continue
+			}
+			sizes[n] = len(payload) - bridge.VnetHdrLen
+			l.rxBytes.Add(uint64(sizes[n]))
 			n++
 		case MsgPing:
 			var b [8]byte
@@ -192,7 +221,7 @@ func (l *Link) Write(bufs [][]byte, offset int) (int, error) {
 	defer l.wmu.Unlock()
 	l.armWriteDeadline()
 	start := l.since()
-	err := l.t.writeFrames(bufs, offset)
+	err := l.t.writeFrames(bufs, offset, l.offload)
 	// Time stuck here is the sign of a path that takes less than it is
 	// offered (a full socket buffer or congestion window): measure.go.
 	l.txBusy.Add(l.since() - start)

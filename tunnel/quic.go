@@ -372,7 +372,7 @@ func DialQUIC(ctx context.Context, addr string, creds *Credentials, hello Hello,
 		return nil, fmt.Errorf("%w by %s: %s", ErrRefused, peer.Name, peer.Error)
 	}
 	stream.SetDeadline(time.Time{})
-	return newLink(newQUICTransport(conn, stream, br), peer, log, h), nil
+	return newLink(newQUICTransport(conn, stream, br), hello, peer, log, h), nil
 }
 
 // quicMsg is one received message waiting for readMsg.
@@ -634,7 +634,8 @@ func (t *quicTransport) handleDatagram(d []byte) {
 	t.push(quicMsg{typ: MsgFrame, b: b[:copy(b, msg)], pooled: true}, false)
 }
 
-func (t *quicTransport) readMsg(frame []byte) (byte, []byte, error) {
+func (t *quicTransport) readMsg(buf []byte, offset int) (byte, []byte, error) {
+	frame := buf[offset:]
 	if t.held != nil {
 		t.putBuf(t.held)
 		t.held = nil
@@ -683,7 +684,9 @@ func (t *quicTransport) writeMsg(typ byte, payload []byte) error {
 	return t.bw.Flush()
 }
 
-func (t *quicTransport) writeFrames(bufs [][]byte, offset int) error {
+// writeFrames sends plain frames only: QUIC links never offer super-frames
+// (they are not a superTransport), so super is always false.
+func (t *quicTransport) writeFrames(bufs [][]byte, offset int, _ bool) error {
 	for _, b := range bufs {
 		if err := t.sendFrame(b, offset); err != nil {
 			return err

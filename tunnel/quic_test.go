@@ -698,7 +698,7 @@ func TestQUICDatagramBudget(t *testing.T) {
 		b := make([]byte, bridge.Headroom+n)
 		quicFill(b[bridge.Headroom:], seq)
 		want := append([]byte(nil), b[bridge.Headroom:]...)
-		if err := tx.writeFrames([][]byte{b}, bridge.Headroom); err != nil {
+		if err := tx.writeFrames([][]byte{b}, bridge.Headroom, false); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(b[bridge.Headroom:], want) {
@@ -708,7 +708,7 @@ func TestQUICDatagramBudget(t *testing.T) {
 			if !rx.more() {
 				t.Fatalf("frame of %d bytes not delivered (datagrams %v)", n, sizes)
 			}
-			typ, got, err := rx.readMsg(make([]byte, bridge.MaxFrame))
+			typ, got, err := rx.readMsg(make([]byte, bridge.BufSize), bridge.Headroom)
 			if err != nil || typ != MsgFrame || !bytes.Equal(got, want) {
 				t.Fatalf("frame of %d bytes: got %d bytes, type %d, %v", n, len(got), typ, err)
 			}
@@ -750,7 +750,7 @@ func TestQUICDatagramBudget(t *testing.T) {
 		t.Errorf("%d frames fragmented, want 5", n)
 	}
 	tx.send = func([]byte) error { return net.ErrClosed }
-	if err := tx.writeFrames([][]byte{make([]byte, bridge.Headroom+60)}, bridge.Headroom); !errors.Is(err, net.ErrClosed) {
+	if err := tx.writeFrames([][]byte{make([]byte, bridge.Headroom+60)}, bridge.Headroom, false); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("send error not reported: %v", err)
 	}
 }
@@ -785,7 +785,7 @@ func FuzzQUICDatagrams(f *testing.F) {
 			tr.handleDatagram(append([]byte(nil), data[2:2+n]...))
 			data = data[2+n:]
 			for tr.more() {
-				typ, b, err := tr.readMsg(make([]byte, bridge.MaxFrame))
+				typ, b, err := tr.readMsg(make([]byte, bridge.BufSize), bridge.Headroom)
 				if err != nil || typ != MsgFrame || len(b) < bridge.MinFrame || len(b) > bridge.MaxFrame {
 					t.Fatalf("queued %d/%d bytes/%v", typ, len(b), err)
 				}

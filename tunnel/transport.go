@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"vnet/bridge"
 )
 
 // transport is what a Link runs over: it moves typed messages (see wire.go)
@@ -20,16 +22,21 @@ import (
 // readMsg return.
 type transport interface {
 	// readMsg blocks for the next message. A frame's payload is written into
-	// frame (which has room for bridge.MaxFrame bytes) and returned as
-	// frame[:n]; other payloads may live in transport-owned memory valid
-	// until the next call. Errors are final: the link dies.
-	readMsg(frame []byte) (typ byte, payload []byte, err error)
+	// buf[offset:] (a super-frame's, header slot first, into
+	// buf[offset-bridge.VnetHdrLen:]) and returned as the bytes written;
+	// a payload that does not fit buf is dropped and counted, or kills the
+	// link where the stream cannot skip it. Other payloads may live in
+	// transport-owned memory valid until the next call. Errors are final:
+	// the link dies.
+	readMsg(buf []byte, offset int) (typ byte, payload []byte, err error)
 	// more reports whether readMsg can return another message at once,
 	// without blocking, so a batch never waits beyond its first frame.
 	more() bool
 	// writeFrames sends frames bufs[i][offset:]; the bytes before offset are
-	// headroom (at least bridge.Headroom) it may overwrite.
-	writeFrames(bufs [][]byte, offset int) error
+	// headroom (at least bridge.Headroom) it may overwrite. With super, a
+	// frame whose header slot (the bridge.VnetHdrLen bytes before offset)
+	// is not plain goes as MsgFrameGSO, slot included.
+	writeFrames(bufs [][]byte, offset int, super bool) error
 	// writeMsg sends one message of any type.
 	writeMsg(typ byte, payload []byte) error
 	close() error
@@ -37,6 +44,22 @@ type transport interface {
 	remoteAddr() net.Addr
 	// kind is the link kind: "tcp", "udp" or "quic".
 	kind() string
+}
+
+// superTransport is a transport that can carry MsgFrameGSO (and says
+// whether it can on this link).
+type superTransport interface {
+	carriesSuper() bool
+}
+
+// frameType returns how frame b[offset:] travels, and where its message
+// starts: a super-frame (any frame whose header slot asks for something,
+// when super) from its slot.
+func frameType(b []byte, offset int, super bool) (typ byte, start int) {
+	if super && !bridge.IsPlainHdr(b[offset-bridge.VnetHdrLen:offset]) {
+		return MsgFrameGSO, offset - bridge.VnetHdrLen
+	}
+	return MsgFrame, offset
 }
 
 // streamTransport carries messages as header+payload over a reliable byte
@@ -59,7 +82,9 @@ func (t *streamTransport) close() error         { return t.conn.Close() }
 func (t *streamTransport) localAddr() net.Addr  { return t.conn.LocalAddr() }
 func (t *streamTransport) remoteAddr() net.Addr { return t.conn.RemoteAddr() }
 
-func (t *streamTransport) readMsg(frame []byte) (byte, []byte, error) {
+func (t *streamTransport) carriesSuper() bool { return true }
+
+func (t *streamTransport) readMsg(buf []byte, offset int) (byte, []byte, error) {
 	b, err := t.br.Peek(HeaderLen)
 	if err != nil {
 		return 0, nil, err
@@ -71,11 +96,15 @@ func (t *streamTransport) readMsg(frame []byte) (byte, []byte, error) {
 	t.br.Discard(HeaderLen)
 	var dst []byte
 	switch typ {
-	case MsgFrame:
-		if size > len(frame) {
-			return 0, nil, fmt.Errorf("frame of %d bytes does not fit a %d-byte buffer", size, len(frame))
+	case MsgFrame, MsgFrameGSO:
+		at := offset
+		if typ == MsgFrameGSO {
+			at -= bridge.VnetHdrLen
 		}
-		dst = frame[:size]
+		if size > len(buf)-at {
+			return 0, nil, fmt.Errorf("frame of %d bytes does not fit a %d-byte buffer (a super-frame the link did not offer?)", size, len(buf)-at)
+		}
+		dst = buf[at : at+size]
 	default:
 		if cap(t.ctrl) < size {
 			t.ctrl = make([]byte, size)
@@ -96,10 +125,11 @@ func (t *streamTransport) more() bool {
 	return t.br.Buffered() >= HeaderLen+int(binary.BigEndian.Uint32(b)&0xffffff)
 }
 
-func (t *streamTransport) writeFrames(bufs [][]byte, offset int) error {
+func (t *streamTransport) writeFrames(bufs [][]byte, offset int, super bool) error {
 	for _, b := range bufs {
-		PutHeader(b[offset-HeaderLen:], MsgFrame, len(b)-offset)
-		if _, err := t.bw.Write(b[offset-HeaderLen:]); err != nil {
+		typ, start := frameType(b, offset, super)
+		PutHeader(b[start-HeaderLen:], typ, len(b)-start)
+		if _, err := t.bw.Write(b[start-HeaderLen:]); err != nil {
 			return err
 		}
 	}

@@ -130,7 +130,8 @@ const (
 	udpMaxResends        = 10   // answers to one re-sent init
 	udpMaxControl        = 60 << 10
 	udpReassemblyPending = 16
-	udpReassemblyMax     = 64 << 10
+	udpReassemblyMax     = bridge.VnetHdrLen + bridge.MaxSuperFrame
+	udpMaxSuperQueued    = 32 // super-frames among the udpQueueLen (64 KB each)
 	// udpSocketBuffer: a link delivers a batch of 64 frames (128 datagrams)
 	// at once, several links may burst together, and the reader decrypts
 	// while the kernel queues; the default ~200 KiB overflows within one
@@ -210,6 +211,9 @@ type udpBuf struct{ b []byte }
 
 // udpLargePool holds buffers for reassembled messages up to a jumbo frame.
 var udpLargePool = sync.Pool{New: func() any { return &udpBuf{b: make([]byte, bridge.MaxFrame)} }}
+
+// udpSuperPool holds buffers for reassembled super-frames.
+var udpSuperPool = sync.Pool{New: func() any { return &udpBuf{b: make([]byte, udpReassemblyMax)} }}
 
 // UDPMux is one UDP socket shared by every datagram link of a daemon, its
 // STUN traffic and its hole punching. It implements Acceptor.

@@ -113,9 +113,9 @@ func memHandshake(tb testing.TB, a, b *UDPMux) (*udpSession, *udpSession, []byte
 
 // checkQueue drains s's queue and checks every message is well-formed.
 func checkQueue(t *testing.T, m *UDPMux, s *udpSession) {
-	frame := make([]byte, bridge.MaxFrame)
+	frame := make([]byte, bridge.SuperBufSize)
 	for s.more() {
-		typ, p, err := s.readMsg(frame)
+		typ, p, err := s.readMsg(frame, bridge.Headroom)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -132,7 +132,7 @@ func FuzzUDPDatagram(f *testing.F) {
 	a, b := newMemMux(fuzzKey), newMemMux(fuzzKey)
 	sa, _, init := memHandshake(f, a, b)
 	sa.writeMsg(MsgControl, []byte(`{"op":"x"}`))
-	sa.writeFrames([][]byte{make([]byte, bridge.Headroom+3000)}, bridge.Headroom)
+	sa.writeFrames([][]byte{make([]byte, bridge.Headroom+3000)}, bridge.Headroom, false)
 	for _, d := range a.io.(*memIO).take() {
 		f.Add(d)
 	}

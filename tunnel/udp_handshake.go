@@ -86,6 +86,7 @@ func (m *UDPMux) allocIndexLocked() uint32 {
 // udpDial is one Dial in progress.
 type udpDial struct {
 	idx     uint32
+	hello   Hello    // ours
 	seed    [32]byte // ephemeral private key: the state can be rebuilt
 	payload []byte   // message 1's payload
 	msg1    []byte
@@ -139,7 +140,7 @@ func (m *UDPMux) newDial(hello Hello) (*udpDial, error) {
 		return nil, err
 	}
 	ts := m.timestamp()
-	d := &udpDial{payload: append(ts[:], js...), ready: make(chan struct{})}
+	d := &udpDial{hello: hello, payload: append(ts[:], js...), ready: make(chan struct{})}
 	rand.Read(d.seed[:])
 	hs, out, err := m.initiatorState(d)
 	if err != nil {
@@ -228,6 +229,7 @@ func (m *UDPMux) Dial(ctx context.Context, to []netip.AddrPort, hello Hello, log
 }
 
 func (m *UDPMux) finishDial(d *udpDial, log *slog.Logger, h ControlHandler) (*Link, error) {
+	me := d.hello
 	d.mu.Lock()
 	res := *d.res
 	d.res.sess = nil // ours now
@@ -236,7 +238,7 @@ func (m *UDPMux) finishDial(d *udpDial, log *slog.Logger, h ControlHandler) (*Li
 	if res.err != nil {
 		return nil, res.err
 	}
-	return newLink(res.sess, res.peer, log, h), nil
+	return newLink(res.sess, me, res.peer, log, h), nil
 }
 
 func (m *UDPMux) dialError(d *udpDial, to []netip.AddrPort, took time.Duration, cause error) error {

@@ -41,8 +41,9 @@ type udpSession struct {
 	// datagrams that arrived, and one past the highest counter among them.
 	rxGot, rxNext atomic.Uint64
 
-	in  chan udpMsg
-	cur udpMsg // the message readMsg returned last (its payload is lent out)
+	in     chan udpMsg
+	supers atomic.Int32 // super-frames in in
+	cur    udpMsg       // the message readMsg returned last (its payload is lent out)
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -261,6 +262,9 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 	} else if len(msg) <= bridge.MaxFrame {
 		e.buf, e.pool = udpLargePool.Get().(*udpBuf), &udpLargePool
 		e.data = e.buf.b[:copy(e.buf.b, msg)]
+	} else if typ == MsgFrameGSO {
+		e.buf, e.pool = udpSuperPool.Get().(*udpBuf), &udpSuperPool
+		e.data = e.buf.b[:copy(e.buf.b, msg)]
 	} else {
 		e.data = append([]byte(nil), msg...) // a large control message: rare
 	}
@@ -274,6 +278,8 @@ func (m *UDPMux) validMsg(typ byte, n int) bool {
 	switch typ {
 	case MsgFrame:
 		return n >= bridge.MinFrame && n <= bridge.MaxFrame
+	case MsgFrameGSO:
+		return n >= bridge.VnetHdrLen+bridge.MinFrame && n <= bridge.VnetHdrLen+bridge.MaxSuperFrame
 	case MsgControl:
 		return n >= 1 && n <= m.maxControl
 	case MsgPing, MsgPong:
@@ -284,13 +290,28 @@ func (m *UDPMux) validMsg(typ byte, n int) bool {
 
 // push queues e for the link's reader, or drops it when the queue is full.
 func (s *udpSession) push(e udpMsg) bool {
+	super := e.typ == MsgFrameGSO
+	if super && s.supers.Add(1) > udpMaxSuperQueued {
+		s.supers.Add(-1)
+		s.m.count(udpQueueFull)
+		return false
+	}
 	select {
 	case s.in <- e:
 		return true
 	default:
+		if super {
+			s.supers.Add(-1)
+		}
 		s.m.count(udpQueueFull)
 		return false
 	}
+}
+
+// carriesSuper implements superTransport: a super-frame must fit
+// MaxFragments chunks of this mux's datagrams.
+func (s *udpSession) carriesSuper() bool {
+	return s.m.chunkMax*MaxFragments >= bridge.VnetHdrLen+bridge.MaxSuperFrame
 }
 
 func (s *udpSession) kind() string        { return "udp" }
@@ -315,7 +336,7 @@ func (s *udpSession) closeWith(err error) {
 // readMsg pops the next message. Frames are copied into frame and their
 // buffer goes back to the pool at once; other payloads stay lent until the
 // next call.
-func (s *udpSession) readMsg(frame []byte) (byte, []byte, error) {
+func (s *udpSession) readMsg(buf []byte, offset int) (byte, []byte, error) {
 	s.cur.release()
 	for {
 		select {
@@ -329,7 +350,13 @@ func (s *udpSession) readMsg(frame []byte) (byte, []byte, error) {
 		case <-s.done:
 			return 0, nil, s.closeErr
 		}
-		if e.typ != MsgFrame {
+		frame := buf[offset:]
+		switch e.typ {
+		case MsgFrameGSO:
+			s.supers.Add(-1)
+			frame = buf[offset-bridge.VnetHdrLen:]
+		case MsgFrame:
+		default:
 			s.cur = e
 			return e.typ, e.data, nil
 		}
@@ -338,9 +365,9 @@ func (s *udpSession) readMsg(frame []byte) (byte, []byte, error) {
 			e.release()
 			continue
 		}
-		n := copy(frame, e.data)
+		typ, n := e.typ, copy(frame, e.data)
 		e.release()
-		return MsgFrame, frame[:n], nil
+		return typ, frame[:n], nil
 	}
 }
 
@@ -370,7 +397,7 @@ func (s *udpSession) isClosed() bool {
 // chunk's tail for the others, saved and restored), so the caller's bytes
 // are unchanged when it returns. Socket errors are counted, not returned:
 // a lost datagram is normal on UDP, and keepalives judge the path.
-func (s *udpSession) writeFrames(bufs [][]byte, offset int) error {
+func (s *udpSession) writeFrames(bufs [][]byte, offset int, super bool) error {
 	s.tx.Lock()
 	defer s.tx.Unlock()
 	if s.isClosed() {
@@ -379,27 +406,32 @@ func (s *udpSession) writeFrames(bufs [][]byte, offset int) error {
 	s.beginTxLocked()
 	defer s.endTxLocked()
 	for _, b := range bufs {
-		switch n := len(b) - offset; {
-		case n > bridge.MaxFrame:
+		typ, start := frameType(b, offset, super)
+		limit := bridge.MaxFrame
+		if typ == MsgFrameGSO {
+			limit = udpReassemblyMax
+		}
+		switch n := len(b) - start; {
+		case n > limit:
 			s.m.count(udpTooBig)
 			continue
 		case n < bridge.MinFrame:
 			s.m.count(udpBadMessage)
 			continue
 		}
-		if offset < InnerHeaderLen {
-			if err := s.appendCopyLocked(MsgFrame, b[offset:]); err != nil {
+		if start < InnerHeaderLen {
+			if err := s.appendCopyLocked(typ, b[start:]); err != nil {
 				return err
 			}
 			continue
 		}
-		s.appendFrameLocked(b, offset)
+		s.appendFrameLocked(typ, b, start)
 	}
 	return s.flushLocked()
 }
 
 // appendFrameLocked seals frame b[offset:] chunk by chunk without copying it.
-func (s *udpSession) appendFrameLocked(b []byte, offset int) {
+func (s *udpSession) appendFrameLocked(typ byte, b []byte, offset int) {
 	chunkMax := s.m.chunkMax
 	n := len(b) - offset
 	count := FragmentCount(n, chunkMax)
@@ -414,7 +446,7 @@ func (s *udpSession) appendFrameLocked(b []byte, offset int) {
 		h := start - InnerHeaderLen
 		var saved [InnerHeaderLen]byte
 		copy(saved[:], b[h:start])
-		PutInner(b[h:], MsgFrame, id, uint8(i), uint8(count))
+		PutInner(b[h:], typ, id, uint8(i), uint8(count))
 		s.sealLocked(b[h:end])
 		copy(b[h:start], saved[:])
 	}

@@ -30,6 +30,11 @@ const (
 	MsgPing byte = 3
 	// MsgPong echoes a ping's 8 bytes back.
 	MsgPong byte = 4
+	// MsgFrameGSO carries a super-frame: its virtio-net header
+	// (bridge.VnetHdrLen bytes, little-endian) then the frame, up to
+	// bridge.MaxSuperFrame bytes. Sent only on links where both sides
+	// offered it (Hello.Offload).
+	MsgFrameGSO byte = 5
 
 	// MaxControl bounds a control message.
 	MaxControl = 1 << 20
@@ -51,6 +56,10 @@ func ParseHeader(b []byte) (typ byte, n int, err error) {
 	case MsgFrame:
 		if n < bridge.MinFrame || n > bridge.MaxFrame {
 			return typ, n, fmt.Errorf("frame of %d bytes (allowed %d..%d)", n, bridge.MinFrame, bridge.MaxFrame)
+		}
+	case MsgFrameGSO:
+		if n < bridge.VnetHdrLen+bridge.MinFrame || n > bridge.VnetHdrLen+bridge.MaxSuperFrame {
+			return typ, n, fmt.Errorf("super-frame of %d bytes (allowed %d..%d)", n, bridge.VnetHdrLen+bridge.MinFrame, bridge.VnetHdrLen+bridge.MaxSuperFrame)
 		}
 	case MsgControl:
 		if n == 0 || n > MaxControl {
