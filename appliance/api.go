@@ -225,6 +225,7 @@ func (h *Host) routes() *http.ServeMux {
 		return h.acct.Matrix(last), nil // this host's VMs' traffic only
 	}))
 	mux.Handle("GET /metrics", metricsHandler(daemonCollector{host: h}, h.log))
+	handleProfiles(mux)
 	dashboardRoutes(mux, h.ctx, h.snapshot)
 	mux.HandleFunc("/api/v1/", handle(func(r *http.Request) (any, error) {
 		return nil, &apiError{http.StatusNotFound, fmt.Sprintf("%s %s: not served by a host; ask the proxy (vnet ctl --api PROXY-API)", r.Method, r.URL.Path)}

@@ -3,6 +3,7 @@ package appliance
 import (
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -300,4 +301,16 @@ func metricsHandler(c prometheus.Collector, log *slog.Logger) http.Handler {
 		ErrorHandling: promhttp.ContinueOnError,
 		Registry:      reg, // promhttp_metric_handler_errors_total
 	})
+}
+
+// handleProfiles serves Go's profiles under /debug/pprof/ (behind the
+// API's token, like everything on it): `go tool pprof
+// http://127.0.0.1:7777/debug/pprof/profile?seconds=10` shows where a
+// daemon's CPU goes under load.
+func handleProfiles(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }

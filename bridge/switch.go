@@ -361,7 +361,7 @@ func (r *reader) forward(f *frame, now int64) bool {
 		in.c.drops[DropRunt].Add(1)
 		return false
 	}
-	if in.offload && !IsPlainHdr(f.slot()) && !ValidVnetHdr(ParseVnetHdr(f.slot()), n) {
+	if in.offload && (n > MaxFrame || !IsPlainHdr(f.slot())) && !ValidVnetHdr(ParseVnetHdr(f.slot()), n) {
 		in.c.drops[DropBadOffload].Add(1)
 		return false
 	}

@@ -56,7 +56,7 @@ type Link struct {
 	txBusy  atomic.Int64 // ns spent inside the transport's writeFrames
 	// rxRefused counts super-frames from a peer that was not offered them.
 	rxRefused atomic.Uint64
-	est     *estimator   // passive measurement (measure.go)
+	est       *estimator // passive measurement (measure.go)
 
 	closeOnce sync.Once
 	done      chan struct{}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -17,17 +18,28 @@ import (
 
 // linuxUDPIO receives with recvmmsg and sends with sendmmsg.
 //
+// Sending uses UDP segmentation offload (UDP_SEGMENT, Linux 4.18) where
+// the kernel has it: a run of equal-sized datagrams to one address (the
+// chunks of a super-frame) goes down the stack as one 64 KB packet and is
+// cut into datagrams only at the bottom (by the NIC, or in software just
+// before it, or never on a veth whose peer takes it whole), which saves
+// most of the per-datagram cost of the kernel's send path. If the kernel
+// refuses a segmented send (EIO: no checksum offload on the route's
+// device) the socket falls back to one datagram per message for good.
+//
 // Receiving calls recvmmsg itself (through the socket's RawConn, so the Go
 // poller still parks the reader) rather than x/net's ReadBatch: ReadBatch
 // allocates a *net.UDPAddr and its net.IP for every datagram, and the
 // receive path must not allocate. Sending uses x/net's WriteBatch (sendmmsg),
 // which reuses its scratch and allocates nothing.
 type linuxUDPIO struct {
-	conn *net.UDPConn
-	rc   syscall.RawConn
-	is6  bool
-	pc4  *ipv4.PacketConn
-	pc6  *ipv6.PacketConn
+	conn   *net.UDPConn
+	rc     syscall.RawConn
+	is6    bool
+	pc4    *ipv4.PacketConn
+	pc6    *ipv6.PacketConn
+	gso    bool        // the kernel knows UDP_SEGMENT
+	gsoOff atomic.Bool // a segmented send failed: never again (sessions send concurrently)
 
 	// recvmmsg scratch: the reader goroutine only
 	hs     []unix.Mmsghdr
@@ -63,6 +75,10 @@ func newUDPIO(conn *net.UDPConn) (udpIO, bool, error) {
 		u.pc4 = ipv4.NewPacketConn(conn)
 	}
 	u.recvFn = u.recvmmsg
+	rc.Control(func(fd uintptr) {
+		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		u.gso = err == nil
+	})
 	return u, u.is6, nil
 }
 
@@ -155,11 +171,70 @@ func (u *linuxUDPIO) sendBatch(b *udpTxBatch) error {
 		}
 		d.ua, d.to = net.UDPAddrFromAddrPort(to), b.to
 	}
+	if u.gso && !u.gsoOff.Load() {
+		err := u.writeBatch(u.gsoMessages(b, d.ua))
+		if err == nil || !errors.Is(err, unix.EIO) && !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		// Datagrams before the failing message went out; resending them
+		// all is harmless (the peer's replay window drops the copies).
+		u.gsoOff.Store(true)
+	}
 	ms := b.msgs[:b.n]
 	for i := range ms {
 		ms[i].Buffers[0] = b.bufs[i][:b.size[i]]
 		ms[i].Addr = d.ua
 	}
+	return u.writeBatch(ms)
+}
+
+// udpGSOMax bounds one segmented send: the kernel takes at most 64
+// segments (UDP_MAX_SEGMENTS, older kernels) and 64 KB of IP packet.
+const (
+	udpGSOMaxSegs  = 64
+	udpGSOMaxBytes = 65535 - 40 - 8
+)
+
+// gsoMessages groups b's datagrams into segmented messages: a run of
+// datagrams of one size, the last possibly shorter, is one message with
+// a UDP_SEGMENT of that size (a single datagram goes without).
+func (u *linuxUDPIO) gsoMessages(b *udpTxBatch, to net.Addr) []ipv4.Message {
+	space := unix.CmsgSpace(2)
+	if len(b.gmsgs) < len(b.bufs) {
+		b.gmsgs = make([]ipv4.Message, len(b.bufs))
+		b.iov = make([][]byte, len(b.bufs))
+		b.oob = make([]byte, len(b.bufs)*space)
+	}
+	ms := b.gmsgs[:0]
+	for i := 0; i < b.n; {
+		seg := b.size[i]
+		j, total := i, 0
+		for j < b.n && j-i < udpGSOMaxSegs && total+b.size[j] <= udpGSOMaxBytes && b.size[j] <= seg {
+			b.iov[j] = b.bufs[j][:b.size[j]]
+			total += b.size[j]
+			j++
+			if b.size[j-1] < seg { // a short one ends the run
+				break
+			}
+		}
+		m := &b.gmsgs[len(ms)]
+		m.Buffers, m.Addr, m.OOB = b.iov[i:j], to, nil
+		if j-i > 1 {
+			oob := b.oob[len(ms)*space : (len(ms)+1)*space]
+			h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+			h.Level, h.Type = unix.IPPROTO_UDP, unix.UDP_SEGMENT
+			h.SetLen(unix.CmsgLen(2))
+			*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(seg)
+			m.OOB = oob
+		}
+		ms = ms[:len(ms)+1]
+		i = j
+	}
+	return ms
+}
+
+// writeBatch sends ms with sendmmsg until all went.
+func (u *linuxUDPIO) writeBatch(ms []ipv4.Message) error {
 	for len(ms) > 0 {
 		var n int
 		var err error

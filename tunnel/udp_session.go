@@ -89,6 +89,11 @@ type udpTxBatch struct {
 	dest *udpDest // the sending session's cache
 
 	msgs []ipv4.Message
+	// UDP GSO scratch (udp_linux.go): one message per run of equal-sized
+	// datagrams, whose Buffers are a window of iov, and OOB a window of oob.
+	gmsgs []ipv4.Message
+	iov   [][]byte
+	oob   []byte
 }
 
 // udpDest caches the socket address of a session's peer (converting one

@@ -12,15 +12,36 @@ import (
 // "receive" a frame (the switch reads it), and frames the switch writes
 // appear on Out.
 type ChanPort struct {
-	in   chan []byte
-	Out  chan []byte
-	once sync.Once
-	done chan struct{}
+	offload bool
+	in      chan []byte
+	Out     chan []byte
+	once    sync.Once
+	done    chan struct{}
 }
 
 // NewChanPort returns a port with the given queue depths.
 func NewChanPort(depth int) *ChanPort {
 	return &ChanPort{in: make(chan []byte, depth), Out: make(chan []byte, depth), done: make(chan struct{})}
+}
+
+// NewOffloadChanPort returns a ChanPort that is a bridge.OffloadPort:
+// Inject takes, and Out gives, the virtio-net header (10 bytes) followed
+// by the frame.
+func NewOffloadChanPort(depth int) *ChanPort {
+	p := NewChanPort(depth)
+	p.offload = true
+	return p
+}
+
+// Offloads implements bridge.OffloadPort.
+func (p *ChanPort) Offloads() bool { return p.offload }
+
+// hdr is how far before offset the port reads and writes.
+func (p *ChanPort) hdr() int {
+	if p.offload {
+		return 10
+	}
+	return 0
 }
 
 // Inject queues a frame for the switch to read. It copies frame.
@@ -41,7 +62,7 @@ func (p *ChanPort) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	n := 0
 	for {
-		sizes[n] = copy(bufs[n][offset:], f)
+		sizes[n] = copy(bufs[n][offset-p.hdr():], f) - p.hdr()
 		n++
 		if n == len(bufs) {
 			return n, nil
@@ -58,7 +79,7 @@ func (p *ChanPort) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 func (p *ChanPort) Write(bufs [][]byte, offset int) (int, error) {
 	for i, b := range bufs {
 		select {
-		case p.Out <- append([]byte(nil), b[offset:]...):
+		case p.Out <- append([]byte(nil), b[offset-p.hdr():]...):
 		case <-p.done:
 			return i, net.ErrClosed
 		default:
