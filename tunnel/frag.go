@@ -71,6 +71,7 @@ type pending struct {
 	off     [MaxFragments]int32 // where chunk i sits in slab
 	size    [MaxFragments]int32
 	slab    []byte // chunks in arrival order
+	inOrder bool   // every chunk so far arrived in index order
 }
 
 // Reassembler rebuilds fragmented messages for one peer. It is not safe for
@@ -108,7 +109,7 @@ func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte,
 			r.drop(0)
 		}
 		p = r.alloc()
-		p.id, p.typ, p.count, p.n, p.got, p.started, p.slab = id, typ, count, 0, 0, now, p.slab[:0]
+		p.id, p.typ, p.count, p.n, p.got, p.started, p.slab, p.inOrder = id, typ, count, 0, 0, now, p.slab[:0], true
 		r.pend = append(r.pend, p)
 	}
 	if p.typ != typ || p.count != count || p.got&(1<<index) != 0 {
@@ -119,6 +120,7 @@ func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte,
 		r.remove(p)
 		return nil, ErrFragTooBig
 	}
+	p.inOrder = p.inOrder && int(index) == p.n
 	p.off[index], p.size[index] = int32(len(p.slab)), int32(len(chunk))
 	p.slab = append(p.slab, chunk...)
 	p.got |= 1 << index
@@ -126,11 +128,14 @@ func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte,
 	if p.n < int(count) {
 		return nil, nil
 	}
+	r.remove(p)
+	if p.inOrder { // the usual case: the slab is the message
+		return p.slab, nil
+	}
 	r.out = r.out[:0]
 	for i := 0; i < int(count); i++ {
 		r.out = append(r.out, p.slab[p.off[i]:p.off[i]+p.size[i]]...)
 	}
-	r.remove(p)
 	return r.out, nil
 }
 
