@@ -49,10 +49,10 @@ type TAPPort struct {
 	name    string
 	file    *os.File
 	offload bool // opened with IFF_VNET_HDR and tapOffloads
-	rc     syscall.RawConn
-	drops  vmDrops
-	closed atomic.Bool
-	once   sync.Once
+	rc      syscall.RawConn
+	drops   vmDrops
+	closed  atomic.Bool
+	once    sync.Once
 
 	// r is the reader's state: the arguments and results of readReady.
 	// Read is never called concurrently, so it needs no lock.

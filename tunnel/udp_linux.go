@@ -63,7 +63,7 @@ type linuxUDPIO struct {
 // udpGROBatch is how many coalesced messages one recvmmsg takes, each up
 // to udpGROBuf bytes.
 const (
-	udpGROBatch = 8
+	udpGROBatch = 32
 	udpGROBuf   = 65535
 )
 
