@@ -44,6 +44,7 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	lanIfaces := fs.StringArray("lan-iface", nil, "bridge the segment into the LAN of interface `IF` (AF_PACKET, promiscuous;\n"+
 		"needs root or CAP_NET_RAW; turn off GRO on IF; repeatable)")
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
+	offload := fs.Bool("offload", true, "TAP devices take TCP segments of up to 64 KB, which cross links to hosts that take them whole (false: 1514-byte frames everywhere)")
 	netstack := fs.String("netstack", "", "be the segment's gateway without root: CIDR is the segment and the gateway's\n"+
 		"address in it (10.0.0.1/24; a bare network 10.0.0.0/24 takes its first address)")
 	forwards := fs.StringArray("forward", nil, "with --netstack, publish a VM service here: PROTO:[ADDR:]PORT=VMIP:PORT,\n"+
@@ -88,7 +89,8 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
 		return err
 	}
-	ports, err := openPorts(*taps, nil, nil, nil, !cfg.NoOffload, log)
+	cfg.NoOffload = !*offload
+	ports, err := openPorts(*taps, nil, nil, nil, *offload, log)
 	if err != nil {
 		return err
 	}
