@@ -65,7 +65,7 @@ func (t *macTable) lookup(mac MAC, now int64) *portState {
 // learn records that src was seen on p. Learning from a star link never
 // overrides an address that a fast-path peer announced (the fast path is the
 // better way to it); learning from a VM port overrides everything.
-func (t *macTable) learn(src MAC, p *portState, now int64) {
+func (t *macTable) learn(src MAC, p *portState, now int64) (looped bool) {
 	t.mu.RLock()
 	e := t.entries[src]
 	t.mu.RUnlock()
@@ -73,13 +73,30 @@ func (t *macTable) learn(src MAC, p *portState, now int64) {
 		if e.seen.Load() < now-int64(time.Second) { // keep the cache line quiet
 			e.seen.Store(now)
 		}
-		return
+		return false
 	}
-	if e != nil && e.origin == originAnnounced && !e.port.removed.Load() && p.role != RoleLocal {
-		return
+	if e != nil && p.role != RoleLocal && !e.port.removed.Load() {
+		if e.origin == originAnnounced {
+			return false
+		}
+		// A frame from a VM that sent here a moment ago, coming back in on
+		// a link, went round a loop (stale entries after a migration can
+		// make one of a fast path and the star): learning it would point
+		// the VM's own address away from it and keep the loop going.
+		if e.port.role == RoleLocal && now-e.seen.Load() < int64(localHold) {
+			return true
+		}
 	}
 	t.set(src, p, originLearned, now)
+	return false
 }
+
+// localHold is how long after a VM's last frame on a local port its
+// address does not move to a link (seen is refreshed at most once a
+// second, so the hold is 1-2 s of silence). A VM that really moved away
+// has left its port (which forgets its addresses at once) or falls silent
+// there.
+const localHold = 2 * time.Second
 
 func (t *macTable) set(mac MAC, p *portState, o origin, now int64) {
 	t.mu.Lock()

@@ -25,11 +25,12 @@ const (
 	DropWriteError        // egress: the port failed to write
 	DropDenied            // ingress: an access rule (deny) matched
 	DropBadOffload        // ingress: a virtio-net header that describes no valid frame; egress: a super-frame a plain port cannot take
+	DropLooped            // ingress: from a link, with the source address of a VM on a local port here (a forwarding loop)
 	numDropReasons
 )
 
 // DropReasonNames names the drop reasons, for logs, the API and metrics.
-var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload"}
+var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload", "looped"}
 
 // maxSuperQueued bounds the super-frames waiting in one port's queue (up to
 // 64 KB each: QueueLen of them would be 64 MB).
@@ -373,7 +374,10 @@ func (r *reader) forward(f *frame, now int64) bool {
 		in.c.drops[DropBadSource].Add(1)
 		return false
 	}
-	s.macs.learn(src, in, now)
+	if s.macs.learn(src, in, now) {
+		in.c.drops[DropLooped].Add(1)
+		return false
+	}
 	if in.role == RoleLocal && binary.BigEndian.Uint16(d[12:14]) == 0x0806 && n >= 14+28 {
 		// ARP from a VM: note its IPv4 address for `vnet ctl vms`.
 		if ip, ok := netip.AddrFromSlice(d[14+14 : 14+18]); ok && !ip.IsUnspecified() {

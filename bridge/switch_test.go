@@ -239,6 +239,35 @@ func TestAnnouncedBeatsStarLearning(t *testing.T) {
 	}
 }
 
+// TestLoopedFramesDropped: a frame that comes back in on a link with the
+// source address of a VM that just sent on a local port went round a
+// loop (a fast path and the star, with a stale entry after a migration).
+// It is dropped and counted, and the VM's address stays on its port;
+// once the VM's port is gone, a link may take the address.
+func TestLoopedFramesDropped(t *testing.T) {
+	r := newRig(t, "v1", "v2", "s1", "f1")
+	r.send("v1", mac(1), bridge.Broadcast)
+	if got := keys(r.send("f1", mac(1), mac(2))); got != "[]" {
+		t.Fatalf("the looped frame went out of %s", got)
+	}
+	if got := keys(r.send("s1", mac(1), mac(2))); got != "[]" {
+		t.Fatalf("the looped frame (star) went out of %s", got)
+	}
+	if got := keys(r.send("v2", mac(2), mac(1))); got != "[v1]" {
+		t.Fatalf("a frame to the VM went to %s, want its port v1", got)
+	}
+	st, _ := r.sw.PortStats("f1")
+	if st.Drops["looped"] != 1 {
+		t.Fatalf("f1 drops %v, want 1 looped", st.Drops)
+	}
+	r.sw.RemovePort("v1")
+	delete(r.ports, "v1")
+	r.send("f1", mac(1), mac(2))
+	if got := keys(r.send("v2", mac(2), mac(1))); got != "[f1]" {
+		t.Fatalf("after the VM's port left, its address is reached via %s, want f1", got)
+	}
+}
+
 func TestMACTableBounded(t *testing.T) {
 	sw := bridge.New(bridge.Config{MaxMACs: 16})
 	defer sw.Close()
