@@ -18,7 +18,10 @@ func TestDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	err := runDemoTo(ctx, []string{"--hosts", "3", "--vms", "2", "--measure", "1s", "--bytes", "64KiB"}, &out)
+	// 16 KB messages: with 64 KB ones the all2all incast overflows the
+	// netstack VMs' port queues on a loaded machine, and their TCP can stall
+	// through a whole 1 s measurement (see the issue 7 note).
+	err := runDemoTo(ctx, []string{"--hosts", "3", "--vms", "2", "--measure", "1s", "--bytes", "64KiB", "--size", "16KiB"}, &out)
 	t.Logf("demo output:\n%s", out.String())
 	if err != nil {
 		t.Fatal(err)
