@@ -317,7 +317,9 @@ func addrPort(a net.Addr) uint16 {
 
 func (p *Proxy) routineAccept(ln tunnel.Acceptor) {
 	defer p.wg.Done()
-	me := tunnel.Hello{Name: "proxy", Role: "proxy", Offload: !p.cfg.NoOffload}
+	// A shaped star link (bridge.Shape) is a plain port: its peer must not
+	// send it super-frames.
+	me := tunnel.Hello{Name: "proxy", Role: "proxy", Offload: !p.cfg.NoOffload && p.cfg.StarMbps == 0}
 	for {
 		in, err := ln.Accept(p.ctx)
 		if err != nil {
