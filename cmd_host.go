@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -186,7 +187,7 @@ func portName(path string) string {
 func openTAP(name string, offload bool, log *slog.Logger) (*bridge.TAPPort, error) {
 	if offload {
 		p, err := bridge.OpenTAPOffload(name, log)
-		if err == nil || !strings.Contains(err.Error(), "TUNSETOFFLOAD") {
+		if !errors.Is(err, bridge.ErrNoTAPOffloads) {
 			return p, err
 		}
 		log.Warn("TAP offloads refused; using plain frames", "tap", name, "err", err)

@@ -317,9 +317,7 @@ func addrPort(a net.Addr) uint16 {
 
 func (p *Proxy) routineAccept(ln tunnel.Acceptor) {
 	defer p.wg.Done()
-	// A shaped star link (bridge.Shape) is a plain port: its peer must not
-	// send it super-frames.
-	me := tunnel.Hello{Name: "proxy", Role: "proxy", Offload: !p.cfg.NoOffload && p.cfg.StarMbps == 0}
+	me := tunnel.Hello{Name: "proxy", Role: "proxy", Offload: !p.cfg.NoOffload}
 	for {
 		in, err := ln.Accept(p.ctx)
 		if err != nil {

@@ -18,6 +18,7 @@ package bridge
 
 import (
 	"encoding/binary"
+	"errors"
 )
 
 const (
@@ -29,8 +30,17 @@ const (
 	// SuperBufSize is the size of a pooled buffer for super-frames.
 	SuperBufSize = Headroom + MaxSuperFrame
 
-	vnetDataValid = 2 // VIRTIO_NET_HDR_F_DATA_VALID
+	vnetHdrLen    = 10 // struct virtio_net_hdr
+	vnetNeedCsum  = 1  // VIRTIO_NET_HDR_F_NEEDS_CSUM
+	vnetDataValid = 2  // VIRTIO_NET_HDR_F_DATA_VALID
+	gsoTCPv4      = 1  // VIRTIO_NET_HDR_GSO_TCPV4
+	gsoTCPv6      = 4  // VIRTIO_NET_HDR_GSO_TCPV6
+	gsoECN        = 0x80
 )
+
+// ErrNoTAPOffloads is wrapped by OpenTAPOffload's error when the kernel
+// refuses the offloads (the caller may fall back to OpenTAP).
+var ErrNoTAPOffloads = errors.New("the kernel refuses TAP offloads")
 
 // OffloadPort is a Port that carries the header slot: its Read fills
 // bufs[i][offset-VnetHdrLen:offset] with each frame's virtio-net header
@@ -134,7 +144,7 @@ func (s *Switch) plainFrames(f *frame, emit func(*frame)) bool {
 	for seg.pending() {
 		c := s.getFrame(false)
 		copied, n := seg.next(c.buf[Headroom:])
-		if copied < n || n > MaxFrame { // a segment size beyond a frame: cannot be plain
+		if copied < n { // a segment size beyond a frame: cannot be plain
 			s.putFrame(c)
 			for seg.pending() {
 				seg.next(nil)
@@ -149,5 +159,20 @@ func (s *Switch) plainFrames(f *frame, emit func(*frame)) bool {
 		emit(c)
 	}
 	s.putFrame(f)
+	return true
+}
+
+// completeChecksum finishes a checksum the kernel left for the hardware:
+// the 16-bit ones' complement of frame[start:] goes to frame[start+off]
+// (the field already holds the pseudo-header's sum).
+func completeChecksum(frame []byte, start, off int) bool {
+	if start >= len(frame) || start+off+2 > len(frame) {
+		return false
+	}
+	c := ^fold(sum16(0, frame[start:]))
+	if c == 0 && off == 6 { // UDP: zero means "no checksum"
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(frame[start+off:], c)
 	return true
 }

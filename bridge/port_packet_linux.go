@@ -34,13 +34,8 @@ import (
 )
 
 const (
-	packetBatch  = 64
-	vnetHdrLen   = 10 // struct virtio_net_hdr
-	vnetNeedCsum = 1  // VIRTIO_NET_HDR_F_NEEDS_CSUM
-	gsoTCPv4     = 1  // VIRTIO_NET_HDR_GSO_TCPV4
-	gsoTCPv6     = 4  // VIRTIO_NET_HDR_GSO_TCPV6
-	gsoECN       = 0x80
-	packetBig    = vnetHdrLen + 65535 + 18 // the largest merged frame, with its header
+	packetBatch = 64
+	packetBig   = vnetHdrLen + 65535 + 18 // the largest merged frame, with its header
 )
 
 // PacketPort is a Port on a network interface through an AF_PACKET socket.
@@ -217,21 +212,6 @@ func (p *PacketPort) merged(n int) {
 		p.log.Warn("the interface hands over merged frames that vnet cannot cut (not TCP), which are dropped: turn off GRO/LRO on it (ethtool -K IF gro off lro off)",
 			"bytes", n)
 	}
-}
-
-// completeChecksum finishes a checksum the kernel left for the hardware:
-// the 16-bit ones' complement of frame[start:] goes to frame[start+off]
-// (the field already holds the pseudo-header's sum).
-func completeChecksum(frame []byte, start, off int) bool {
-	if start >= len(frame) || start+off+2 > len(frame) {
-		return false
-	}
-	c := ^fold(sum16(0, frame[start:]))
-	if c == 0 && off == 6 { // UDP: zero means "no checksum"
-		c = 0xffff
-	}
-	binary.BigEndian.PutUint16(frame[start+off:], c)
-	return true
 }
 
 // Write implements Port: one sendto(2) per frame, each after a zero

@@ -143,7 +143,7 @@ func OpenTAPOffload(name string, log *slog.Logger) (*TAPPort, error) {
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tapOffloads); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("creating TAP device %s: setting offloads (TUNSETOFFLOAD): %w", name, err)
+		return nil, fmt.Errorf("creating TAP device %s: %w (TUNSETOFFLOAD: %w)", name, ErrNoTAPOffloads, err)
 	}
 	file := os.NewFile(uintptr(fd), "/dev/net/tun")
 	rc, err := file.SyscallConn()

@@ -18,6 +18,13 @@ type shapedPort struct {
 	l *rate.Limiter
 }
 
+// Offloads passes the shaped port's own on: shaping counts bytes, so a
+// super-frame is shaped like the frames it stands for.
+func (s *shapedPort) Offloads() bool {
+	op, ok := s.Port.(OffloadPort)
+	return ok && op.Offloads()
+}
+
 func (s *shapedPort) Write(bufs [][]byte, offset int) (int, error) {
 	n := 0
 	for _, b := range bufs {

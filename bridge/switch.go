@@ -327,6 +327,18 @@ func (s *Switch) routineRead(in *portState) {
 		}
 		now := time.Now().UnixNano()
 		for i := 0; i < n; i++ {
+			if f := frames[i]; f.super() && f.n <= MaxFrame {
+				// A small frame from an offloading port leaves in a small
+				// buffer: the reader keeps its 64 KB one, and the queues'
+				// bound on super-frames counts only real ones.
+				c := s.getFrame(false)
+				c.n = f.n
+				copy(c.buf[Headroom-VnetHdrLen:], f.buf[Headroom-VnetHdrLen:Headroom+f.n])
+				if !r.forward(c, now) {
+					s.putFrame(c)
+				}
+				continue
+			}
 			if r.forward(frames[i], now) {
 				frames[i] = s.getFrame(in.offload)
 				bufs[i] = frames[i].buf

@@ -45,6 +45,11 @@ func (r *rig) add(n string) {
 	r.ports[n] = p
 }
 
+func (r *rig) remove(n string) {
+	r.sw.RemovePort(n)
+	delete(r.ports, n)
+}
+
 // send injects a frame src->dst on port in and returns the set of ports it
 // came out of (waiting a moment for stragglers).
 func (r *rig) send(in string, src, dst bridge.MAC) map[string]bool {
@@ -232,8 +237,7 @@ func TestAnnouncedBeatsStarLearning(t *testing.T) {
 		t.Fatalf("after star traffic: %s", got)
 	}
 	// Fast path gone: back to flooding, then learning.
-	r.sw.RemovePort("f1")
-	delete(r.ports, "f1")
+	r.remove("f1")
 	if got := keys(r.send("v1", mac(1), mac(2))); got != "[s1]" {
 		t.Fatalf("after fast path loss: %s", got)
 	}
@@ -260,8 +264,7 @@ func TestLoopedFramesDropped(t *testing.T) {
 	if st.Drops["looped"] != 1 {
 		t.Fatalf("f1 drops %v, want 1 looped", st.Drops)
 	}
-	r.sw.RemovePort("v1")
-	delete(r.ports, "v1")
+	r.remove("v1")
 	r.send("f1", mac(1), mac(2))
 	if got := keys(r.send("v2", mac(2), mac(1))); got != "[f1]" {
 		t.Fatalf("after the VM's port left, its address is reached via %s, want f1", got)
