@@ -37,10 +37,12 @@ import (
 )
 
 const (
-	e2eHelperEnv = "VNET_E2E_HELPER" // send | recv | relay: TestE2EHelper's mode
-	e2eAddrEnv   = "VNET_E2E_ADDR"   // host:port to listen on or dial (relay: e2eRelay's spec)
-	e2eBytesEnv  = "VNET_E2E_BYTES"  // how many bytes to send (relay: the delay)
-	e2eResult    = "E2E-RESULT"      // the helper's result line prefix
+	e2eHelperEnv   = "VNET_E2E_HELPER"   // send | recv | relay: TestE2EHelper's mode
+	e2eAddrEnv     = "VNET_E2E_ADDR"     // host:port to listen on or dial (relay: e2eRelay's spec)
+	e2eBytesEnv    = "VNET_E2E_BYTES"    // how many bytes to send (relay: the delay)
+	e2ePaceEnv     = "VNET_E2E_PACE"     // send: bytes per second at most (none: as fast as it goes)
+	e2eDeadlineEnv = "VNET_E2E_DEADLINE" // recv: how long to wait for the whole transfer (default 60s)
+	e2eResult      = "E2E-RESULT"        // the helper's result line prefix
 
 	e2eProxyIP   = "192.168.250.1"
 	e2eProxyURL  = "tcp://" + e2eProxyIP + ":5000"
@@ -144,6 +146,22 @@ func TestE2EHelper(t *testing.T) {
 
 func e2eHelper(mode, addr, size string) error {
 	deadline := time.Now().Add(60 * time.Second)
+	var pace int64
+	if v := os.Getenv(e2ePaceEnv); v != "" {
+		var err error
+		if pace, err = strconv.ParseInt(v, 10, 64); err != nil || pace <= 0 {
+			return fmt.Errorf("%s=%q: want bytes per second", e2ePaceEnv, v)
+		}
+		want, _ := strconv.ParseInt(size, 10, 64)
+		deadline = deadline.Add(time.Duration(want/pace) * time.Second)
+	}
+	if v := os.Getenv(e2eDeadlineEnv); v != "" { // the receiver of a paced transfer
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%s=%q: %v", e2eDeadlineEnv, v, err)
+		}
+		deadline = time.Now().Add(d)
+	}
 	h := sha256.New()
 	switch mode {
 	case "recv":
@@ -183,7 +201,11 @@ func e2eHelper(mode, addr, size string) error {
 		}
 		defer c.Close()
 		c.SetDeadline(deadline)
-		n, err := io.CopyN(io.MultiWriter(c, h), rand.Reader, want)
+		var src io.Reader = rand.Reader
+		if pace > 0 {
+			src = &pacedReader{r: src, pace: pace, start: time.Now()}
+		}
+		n, err := io.CopyN(io.MultiWriter(c, h), src, want)
 		if err != nil {
 			return fmt.Errorf("after %d bytes: %w", n, err)
 		}
@@ -200,6 +222,26 @@ func e2eHelper(mode, addr, size string) error {
 		return e2eRelay(addr, size)
 	}
 	return fmt.Errorf("unknown mode %q", mode)
+}
+
+// pacedReader reads from r no faster than pace bytes a second on average.
+type pacedReader struct {
+	r     io.Reader
+	pace  int64
+	start time.Time
+	n     int64
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	if len(b) > 64<<10 {
+		b = b[:64<<10]
+	}
+	if ahead := time.Duration(p.n*int64(time.Second)/p.pace) - time.Since(p.start); ahead > 0 {
+		time.Sleep(ahead)
+	}
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	return n, err
 }
 
 func TestE2ENetns(t *testing.T) {

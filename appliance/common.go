@@ -103,10 +103,13 @@ func parseRuleInfos(rs []RuleInfo) ([]bridge.Rule, error) {
 
 // candidateAddrs lists host:port candidates for a listener bound to bound:
 // the extra addresses first, then (if bound to the unspecified address)
-// every usable interface address. Loopback addresses are included only
-// when withLoopback is set (everything on one machine, as in `vnet demo`):
-// a remote peer must not dial its own loopback.
-func candidateAddrs(bound net.Addr, withLoopback bool, extra ...netip.Addr) []string {
+// every usable interface address except those of the interfaces named in
+// own (the daemon's own TAP ports: an address there is a VM's, reached
+// through the overlay, and a link dialled to it would run inside itself).
+// Loopback addresses are included only when withLoopback is set
+// (everything on one machine, as in `vnet demo`): a remote peer must not
+// dial its own loopback.
+func candidateAddrs(bound net.Addr, withLoopback bool, own map[string]bool, extra ...netip.Addr) []string {
 	ap, err := netip.ParseAddrPort(bound.String())
 	if err != nil {
 		return nil
@@ -132,17 +135,34 @@ func candidateAddrs(bound net.Addr, withLoopback bool, extra ...netip.Addr) []st
 		add(ap.Addr())
 		return out
 	}
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		pfx, err := netip.ParsePrefix(a.String())
-		if err != nil {
+	ifaces, _ := net.Interfaces()
+	for _, ifc := range ifaces {
+		if own[ifc.Name] {
 			continue
 		}
-		if ip := pfx.Addr(); !ip.IsLinkLocalUnicast() && !ip.IsMulticast() {
-			add(ip)
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			pfx, err := netip.ParsePrefix(a.String())
+			if err != nil {
+				continue
+			}
+			if ip := pfx.Addr(); !ip.IsLinkLocalUnicast() && !ip.IsMulticast() {
+				add(ip)
+			}
 		}
 	}
 	return out
+}
+
+// ownDevices names the network devices of ports, for candidateAddrs.
+func ownDevices(ports []LocalPort) map[string]bool {
+	own := map[string]bool{}
+	for _, lp := range ports {
+		if tap, ok := lp.Port.(*bridge.TAPPort); ok && tap.Name() != "" {
+			own[tap.Name()] = true
+		}
+	}
+	return own
 }
 
 func addrIP(a net.Addr) netip.Addr {

@@ -538,9 +538,9 @@ func (h *Host) status() hostStatus {
 	h.mu.Unlock()
 	if h.ln != nil {
 		if star != nil {
-			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), addrIP(star.LocalAddr()))
+			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), ownDevices(h.cfg.Ports), addrIP(star.LocalAddr()))
 		} else {
-			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback())
+			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), ownDevices(h.cfg.Ports))
 		}
 	}
 	for _, ap := range h.localUDP() {

@@ -22,6 +22,11 @@ var (
 	// declares the peer dead: a few missed pings, so a cut is noticed within
 	// a few seconds.
 	DeadAfter = 4 * time.Second
+	// BusyDeadAfter is the shorter silence after which a link that is
+	// sending frames declares its peer dead. Traffic in flight is what a cut
+	// hurts, and frames sent bring answers (ACKs, echoes) back quickly, so
+	// such a link fails over to the star sooner; an idle one waits DeadAfter.
+	BusyDeadAfter = 2500 * time.Millisecond
 	// WriteTimeout bounds one batch write, so a stuck peer cannot stall the
 	// switch's writer; the link is closed when it expires.
 	WriteTimeout = 5 * time.Second
@@ -47,7 +52,7 @@ type Link struct {
 
 	wmu sync.Mutex // serialises writes to t
 
-	keepalive, deadAfter, writeTimeout time.Duration // from the package vars, at creation
+	keepalive, deadAfter, busyDeadAfter, writeTimeout time.Duration // from the package vars, at creation
 
 	epoch   time.Time
 	lastRx  atomic.Int64 // ns since epoch of the last message received
@@ -74,7 +79,7 @@ func newLink(t transport, me, peer Hello, log *slog.Logger, h ControlHandler) *L
 	if st, ok := t.(superTransport); ok && me.Offload && peer.Offload && st.carriesSuper() {
 		l.offload = true
 	}
-	l.keepalive, l.deadAfter, l.writeTimeout = KeepaliveInterval, DeadAfter, WriteTimeout
+	l.keepalive, l.deadAfter, l.busyDeadAfter, l.writeTimeout = KeepaliveInterval, DeadAfter, BusyDeadAfter, WriteTimeout
 	go l.routineKeepalive()
 	return l
 }
@@ -296,9 +301,16 @@ func (l *Link) routineKeepalive() {
 		binary.BigEndian.PutUint64(b[:], uint64(l.since()))
 		l.send(MsgPing, b[:])
 	}
-	t := time.NewTicker(l.keepalive)
+	// The silence is judged four times a keepalive interval, so a busy
+	// link's cut shows within a quarter interval of BusyDeadAfter.
+	const checks = 4
+	t := time.NewTicker(l.keepalive / checks)
 	defer t.Stop()
-	for {
+	// txHeard is the bytes sent when we last heard from the peer: more
+	// since then are frames that brought no answer. (TCP in the VMs backs
+	// off during a cut, so "sent in the last check" would miss it.)
+	lastRx, txHeard := l.lastRx.Load(), l.txBytes.Load()
+	for tick := 1; ; tick++ {
 		select {
 		case <-l.done:
 			return
@@ -307,9 +319,22 @@ func (l *Link) routineKeepalive() {
 		case <-t.C:
 		}
 		now := l.since()
-		if silent := time.Duration(now - l.lastRx.Load()); silent > l.deadAfter {
-			l.fail(fmt.Errorf("keepalive timeout: nothing heard for %v", silent.Round(time.Millisecond)))
+		tx := l.txBytes.Load()
+		if rx := l.lastRx.Load(); rx != lastRx {
+			lastRx, txHeard = rx, tx
+		}
+		sending := tx != txHeard
+		silent := time.Duration(now - lastRx)
+		if silent > l.deadAfter || (sending && silent > l.busyDeadAfter) {
+			how := ""
+			if silent <= l.deadAfter {
+				how = " while sending"
+			}
+			l.fail(fmt.Errorf("keepalive timeout: nothing heard for %v%s", silent.Round(time.Millisecond), how))
 			return
+		}
+		if tick%checks != 0 {
+			continue
 		}
 		binary.BigEndian.PutUint64(b[:], uint64(now))
 		l.send(MsgPing, b[:])

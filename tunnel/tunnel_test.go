@@ -316,6 +316,50 @@ func TestKeepaliveDetectsSilentPeer(t *testing.T) {
 	wg.Wait()
 }
 
+// A link that is sending gives up on a silent peer after BusyDeadAfter; an
+// idle one waits for DeadAfter.
+func TestKeepaliveBusyLinkFailsSooner(t *testing.T) {
+	oldI, oldD, oldB := KeepaliveInterval, DeadAfter, BusyDeadAfter
+	KeepaliveInterval, DeadAfter, BusyDeadAfter = 50*time.Millisecond, time.Minute, 300*time.Millisecond
+	defer func() { KeepaliveInterval, DeadAfter, BusyDeadAfter = oldI, oldD, oldB }()
+	k, _ := GenerateKey()
+	p, err := newPair(t, k, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.b.routineStop() // b never answers and never sends
+	var wg sync.WaitGroup
+	ga := make(chan []byte, 10)
+	wg.Add(1)
+	go pump(p.a, ga, &wg)
+	time.Sleep(time.Second) // idle: more than BusyDeadAfter of silence, far less than DeadAfter
+	select {
+	case <-p.a.Done():
+		t.Fatalf("an idle link died after a second, DeadAfter is a minute: %v", p.a.Err())
+	default:
+	}
+	frame := make([]byte, bridge.Headroom+100)
+	stop := time.After(5 * time.Second)
+	for {
+		if _, err := p.a.Write([][]byte{frame}, bridge.Headroom); err != nil {
+			break
+		}
+		select {
+		case <-p.a.Done():
+		case <-stop:
+			t.Fatal("a sending link kept a silent peer for 5 s")
+		case <-time.After(10 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	<-p.a.Done()
+	if err := p.a.Err(); err == nil || !strings.Contains(err.Error(), "while sending") {
+		t.Fatalf("died for another reason: %v", err)
+	}
+	wg.Wait()
+}
+
 func TestBackoff(t *testing.T) {
 	b := Backoff{Min: 100 * time.Millisecond, Max: time.Second}
 	var last time.Duration
