@@ -397,3 +397,26 @@ func TestRuleValidation(t *testing.T) {
 	}
 	n.waitFor("rule removed on h1", 5*time.Second, func() bool { return len(n.hosts["h1"].Switch().Rules()) == 0 })
 }
+
+// The addresses of a daemon's own TAP devices are never candidates: they
+// are VMs' addresses, reached through the overlay itself.
+func TestCandidatesSkipOwnDevices(t *testing.T) {
+	lo := ""
+	ifaces, _ := net.Interfaces()
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagLoopback != 0 {
+			lo = ifc.Name
+		}
+	}
+	if lo == "" {
+		t.Skip("no loopback interface")
+	}
+	bound := &net.UDPAddr{IP: net.IPv4zero, Port: 5000}
+	has := func(addrs []string) bool { return slices.Contains(addrs, "127.0.0.1:5000") }
+	if all := candidateAddrs(bound, true, nil); !has(all) {
+		t.Fatalf("candidates %v lack the loopback address", all)
+	}
+	if got := candidateAddrs(bound, true, map[string]bool{lo: true}); has(got) {
+		t.Fatalf("candidates %v offer %s's address although it is one of ours", got, lo)
+	}
+}
