@@ -54,6 +54,7 @@ Examples:
 	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
 	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
 	mkAcct := accountFlags(fs)
+	mkUDP := mtuFlags(fs)
 	offload := fs.Bool("offload", true, "TAP devices take the VM's TCP segments of up to 64 KB and unfinished checksums, which cross links to peers that take them whole (false: 1514-byte frames everywhere)")
 	noInfer := fs.Bool("no-infer", false, "do not account VM traffic (no inference; to measure what it costs)")
 	reportEvery := fs.Duration("infer-report-interval", appliance.ReportInterval, "push active VM pairs' traffic to the proxy this often\n"+
@@ -98,7 +99,7 @@ Examples:
 	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
 		return err
 	}
-	cfg.NoOffload = !*offload
+	cfg.NoOffload, cfg.UDP = !*offload, mkUDP()
 	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, *offload, log)
 	if err != nil {
 		return err

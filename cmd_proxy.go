@@ -59,6 +59,7 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	migrateTimeout := fs.Duration("migrate-timeout", appliance.MigrateTimeout, "give up on a migration (--migrate-cmd) after this long")
 	mkAcct, mkGlobal := accountFlags(fs), globalFlags(fs)
 	mkAdapt := adaptFlags(fs)
+	mkUDP := mtuFlags(fs)
 	mkLog := logFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -89,7 +90,7 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
 		return err
 	}
-	cfg.NoOffload = !*offload
+	cfg.NoOffload, cfg.UDP = !*offload, mkUDP()
 	ports, err := openPorts(*taps, nil, nil, nil, *offload, log)
 	if err != nil {
 		return err

@@ -60,6 +60,9 @@ type HostConfig struct {
 	// NoOffload keeps super-frames (bridge.OffloadPort) off the host's
 	// links: every frame crosses them as a plain 1514-byte one.
 	NoOffload bool
+	// UDP sizes the datagrams of udp:// links and says whether they split
+	// frames (tunnel.UDPOptions; zero: 1500-byte underlay, splitting).
+	UDP tunnel.UDPOptions
 	// ReportInterval is how often the host pushes active pairs' traffic
 	// (VTTIF's update rate); zero: the package's ReportInterval.
 	ReportInterval time.Duration
@@ -174,7 +177,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 			}
 			cleanup = append(cleanup, func() { h.ln.Close() })
 		case ep.Kind == "udp" && h.mux == nil:
-			if h.mux, err = tunnel.ListenUDP(ep.Addr, cfg.Key, log); err != nil {
+			if h.mux, err = tunnel.ListenUDPWith(ep.Addr, cfg.Key, log, cfg.UDP); err != nil {
 				return nil, fmt.Errorf("--listen %s: %w", ep, err)
 			}
 			cleanup = append(cleanup, func() { h.mux.Close() })

@@ -42,9 +42,12 @@ type ProxyConfig struct {
 	// NoOffload keeps super-frames (bridge.OffloadPort) off the proxy's
 	// links: every frame crosses them as a plain 1514-byte one.
 	NoOffload bool
-	Infer     infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
-	Global    infer.GlobalConfig  // aggregation, smoothing, change detection; zero: defaults
-	Adapt     AdaptConfig         // the adaptation controller; off unless Enabled
+	// UDP sizes the datagrams of udp:// links and says whether they split
+	// frames (tunnel.UDPOptions; zero: 1500-byte underlay, splitting).
+	UDP    tunnel.UDPOptions
+	Infer  infer.AccountConfig // accounting of the proxy's own VM ports; zero: defaults
+	Global infer.GlobalConfig  // aggregation, smoothing, change detection; zero: defaults
+	Adapt  AdaptConfig         // the adaptation controller; off unless Enabled
 	// Migrator moves VMs (`vnet ctl migrate`, and the controller when
 	// Adapt.Migrate); nil: MigrateCmd if set, else VMs are not moved.
 	Migrator       Migrator
@@ -236,7 +239,7 @@ func (p *Proxy) listen(ep tunnel.Endpoint) (tunnel.Acceptor, error) {
 	case "quic":
 		return tunnel.ListenQUIC(ep.Addr, p.creds, p.log)
 	case "udp":
-		mux, err := tunnel.ListenUDP(ep.Addr, p.cfg.Key, p.log)
+		mux, err := tunnel.ListenUDPWith(ep.Addr, p.cfg.Key, p.log, p.cfg.UDP)
 		if err != nil {
 			return nil, fmt.Errorf("listening on %s: %w", ep, err)
 		}

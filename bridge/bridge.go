@@ -81,8 +81,9 @@ func (r Role) String() string {
 // the header slot, offload.go), then the frame of length n. buf is BufSize
 // bytes, or SuperBufSize for frames of an OffloadPort.
 type frame struct {
-	buf []byte
-	n   int
+	buf  []byte
+	n    int
+	from *portState // the port it came in on (nil for frames the switch made)
 }
 
 func (f *frame) data() []byte { return f.buf[Headroom : Headroom+f.n] }

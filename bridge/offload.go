@@ -154,7 +154,7 @@ func (s *Switch) plainFrames(f *frame, emit func(*frame)) bool {
 			s.putFrame(f)
 			return true
 		}
-		c.n = n
+		c.n, c.from = n, f.from
 		clear(c.slot())
 		emit(c)
 	}

@@ -37,3 +37,11 @@ func (s *shapedPort) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	return s.Port.Write(bufs, offset)
 }
+
+// FrameLimit passes the shaped port's own on (0 if it has none).
+func (s *shapedPort) FrameLimit() int {
+	if lp, ok := s.Port.(LimitPort); ok {
+		return lp.FrameLimit()
+	}
+	return 0
+}

@@ -26,11 +26,12 @@ const (
 	DropDenied            // ingress: an access rule (deny) matched
 	DropBadOffload        // ingress: a virtio-net header that describes no valid frame; egress: a super-frame a plain port cannot take
 	DropLooped            // ingress: from a link, with the source address of a VM on a local port here (a forwarding loop)
+	DropTooBig            // egress: larger than the port carries whole (LimitPort; mtu.go)
 	numDropReasons
 )
 
 // DropReasonNames names the drop reasons, for logs, the API and metrics.
-var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload", "looped"}
+var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload", "looped", "too-big"}
 
 // maxSuperQueued bounds the super-frames waiting in one port's queue (up to
 // 64 KB each: QueueLen of them would be 64 MB).
@@ -52,6 +53,7 @@ type portState struct {
 	wg      sync.WaitGroup
 	c       portCounters
 	offload bool         // port is an OffloadPort that Offloads
+	lim     LimitPort    // the port, if it may not carry every frame whole
 	supers  atomic.Int32 // super-frames in queue
 }
 
@@ -121,7 +123,7 @@ func (s *Switch) getFrame(super bool) *frame {
 }
 
 func (s *Switch) putFrame(f *frame) {
-	f.n = 0
+	f.n, f.from = 0, nil
 	if f.super() {
 		s.superPool.Put(f)
 	} else {
@@ -147,6 +149,9 @@ func (s *Switch) AddPort(name string, role Role, p Port) error {
 	ps := &portState{name: name, role: role, port: p, queue: make(chan *frame, QueueLen), done: make(chan struct{})}
 	if op, ok := p.(OffloadPort); ok && op.Offloads() {
 		ps.offload = true
+	}
+	if lp, ok := p.(LimitPort); ok {
+		ps.lim = lp
 	}
 	s.publishLocked(old, ps, "")
 	ps.wg.Add(2)
@@ -368,6 +373,7 @@ type reader struct {
 func (r *reader) forward(f *frame, now int64) bool {
 	in, s := r.in, r.s
 	n := f.n
+	f.from = in
 	in.c.rxFrames.Add(1)
 	in.c.rxBytes.Add(uint64(n))
 	if n < MinFrame {
@@ -440,7 +446,7 @@ func (r *reader) forward(f *frame, now int64) bool {
 	// since a link may write its header into the headroom in place.
 	for _, p := range outs[1:] {
 		c := s.getFrame(f.super())
-		c.n = n
+		c.n, c.from = n, in
 		copy(c.buf[Headroom-VnetHdrLen:], f.buf[Headroom-VnetHdrLen:Headroom+n])
 		s.enqueue(p, c)
 	}
@@ -519,10 +525,11 @@ func (s *Switch) routineWrite(p *portState) {
 	w := writer{s: s, p: p, bs: max(p.port.BatchSize(), 1)}
 	w.batch = make([]*frame, 0, w.bs)
 	w.bufs = make([][]byte, w.bs)
-	w.emit = w.add
+	w.emit = w.put
 	for {
 		select {
 		case f := <-p.queue:
+			w.refreshLimit()
 			w.take(f)
 		case <-p.done:
 			w.release()
@@ -556,7 +563,14 @@ type writer struct {
 	bs    int
 	batch []*frame
 	bufs  [][]byte
-	emit  func(*frame) // w.add, bound once
+	emit  func(*frame) // w.put, bound once
+	limit int          // the port's FrameLimit for this batch; 0: none
+}
+
+func (w *writer) refreshLimit() {
+	if w.p.lim != nil {
+		w.limit = w.p.lim.FrameLimit()
+	}
 }
 
 func (w *writer) popped(f *frame) {
@@ -569,13 +583,23 @@ func (w *writer) popped(f *frame) {
 func (w *writer) take(f *frame) {
 	w.popped(f)
 	if w.p.offload || IsPlainHdr(f.slot()) {
-		w.add(f)
+		w.put(f)
 		return
 	}
 	if !w.s.plainFrames(f, w.emit) {
 		w.p.c.drops[DropBadOffload].Add(1)
 		w.s.putFrame(f)
 	}
+}
+
+// put adds plain frame f to the batch, if the port's frame limit lets it
+// (mtu.go).
+func (w *writer) put(f *frame) {
+	if w.limit > 0 && !w.p.offload && !fitsLimit(f.data(), w.limit) {
+		w.s.tooBig(w.p, f, w.limit)
+		return
+	}
+	w.add(f)
 }
 
 func (w *writer) add(f *frame) {

@@ -71,7 +71,10 @@ type Link struct {
 	err       error
 }
 
-var _ bridge.OffloadPort = (*Link)(nil)
+var (
+	_ bridge.OffloadPort = (*Link)(nil)
+	_ bridge.LimitPort   = (*Link)(nil)
+)
 
 func newLink(t transport, me, peer Hello, log *slog.Logger, h ControlHandler) *Link {
 	l := &Link{t: t, peer: peer, log: log, onControl: h, epoch: time.Now(), done: make(chan struct{}),
@@ -124,6 +127,16 @@ func (l *Link) TransportStats() map[string]uint64 {
 // whole when both daemons offered them (Hello.Offload) and the transport
 // carries them (TCP and UDP links; not QUIC's datagrams).
 func (l *Link) Offloads() bool { return l.offload }
+
+// FrameLimit implements bridge.LimitPort: the largest frame the link
+// carries whole when it may not split frames (UDPOptions.NoFragment), else
+// 0 (no limit: stream links, and datagram links that split).
+func (l *Link) FrameLimit() int {
+	if fl, ok := l.t.(interface{ frameLimit() int }); ok {
+		return fl.frameLimit()
+	}
+	return 0
+}
 
 // TxBytes and RxBytes count frame bytes sent and received.
 func (l *Link) TxBytes() uint64 { return l.txBytes.Load() }

@@ -224,7 +224,8 @@ type UDPMux struct {
 	io         udpIO
 	laddr      net.Addr
 	is6        bool // the socket is AF_INET6: IPv4 peers as v4-mapped
-	maxPayload int  // MaxUDPPayload at creation
+	maxPayload int  // MaxUDPPayload at creation, or from UDPOptions.UnderlayMTU
+	noFrag     bool // UDPOptions.NoFragment
 	chunkMax   int  // message bytes per transport datagram
 	maxControl int  // largest control message
 	rxSize     int  // receive buffer size: datagrams of rxSize-1 bytes at most
@@ -254,9 +255,42 @@ type UDPMux struct {
 
 var _ Acceptor = (*UDPMux)(nil)
 
+// UDPOptions tune a mux's links.
+type UDPOptions struct {
+	// UnderlayMTU is the IP MTU of the paths to the peers: datagrams are
+	// sized to fit it whole (minus the IP and UDP headers: 28 bytes on an
+	// IPv4 socket, 48 on a dual-stack one). 0: MaxUDPPayload (a 1500-byte
+	// underlay). The mux cannot learn it: one unconnected socket serves
+	// every peer, and the kernel's path MTU (IP_MTU) is per connected
+	// socket and shows the first hop only until an ICMP error comes back,
+	// which is what paths that black-hole drop.
+	UnderlayMTU int
+	// NoFragment: a frame that does not fit one datagram is not split (nor
+	// sent as IP fragments): it is dropped and counted ("too-big"). Links
+	// then say how large a frame they carry (Link.FrameLimit), so the
+	// switch clamps TCP MSS and answers oversize IP packets with ICMP
+	// (bridge/mtu.go), and they offer no super-frames. Frames of up to
+	// bridge.MinIPv6Frame bytes are still split when they must be: IPv6
+	// needs every link to carry 1280-byte packets.
+	NoFragment bool
+}
+
+// udpIPOverhead is the IP and UDP headers around a datagram on a socket.
+func udpIPOverhead(is6 bool) int {
+	if is6 {
+		return 40 + 8
+	}
+	return 20 + 8
+}
+
 // ListenUDP opens the daemon's UDP socket on addr (":5000", "127.0.0.1:0",
 // "[::]:0") for links authenticated by key.
 func ListenUDP(addr string, key Key, log *slog.Logger) (*UDPMux, error) {
+	return ListenUDPWith(addr, key, log, UDPOptions{})
+}
+
+// ListenUDPWith is ListenUDP with options.
+func ListenUDPWith(addr string, key Key, log *slog.Logger, opts UDPOptions) (*UDPMux, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("udp listen address %q: %w", addr, err)
@@ -275,6 +309,10 @@ func ListenUDP(addr string, key Key, log *slog.Logger) (*UDPMux, error) {
 		return nil, err
 	}
 	m := newUDPMux(key, log, io, conn.LocalAddr(), is6)
+	if err := m.configure(opts); err != nil {
+		conn.Close()
+		return nil, err
+	}
 	m.start()
 	return m, nil
 }
@@ -293,11 +331,9 @@ func newUDPMux(key Key, log *slog.Logger, io udpIO, laddr net.Addr, is6 bool) *U
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &UDPMux{key: key, psk: udpPSK(key), log: log, io: io, laddr: laddr, is6: is6,
-		maxPayload: MaxUDPPayload, epoch: time.Now(), acceptCh: make(chan *Incoming, udpMaxPending),
+		epoch: time.Now(), acceptCh: make(chan *Incoming, udpMaxPending),
 		done: make(chan struct{})}
-	m.chunkMax = m.maxPayload - udpOverhead
-	m.maxControl = min(udpMaxControl, MaxFragments*m.chunkMax)
-	m.rxSize = max(m.maxPayload, udpMinRxBuf-1) + 1
+	m.setPayload(MaxUDPPayload)
 	m.rxPool.New = func() any { return &udpBuf{b: make([]byte, m.rxSize)} }
 	empty := map[uint32]*udpSession{}
 	m.sessions.Store(&empty)
@@ -306,6 +342,32 @@ func newUDPMux(key Key, log *slog.Logger, io udpIO, laddr net.Addr, is6 bool) *U
 	m.mu.inits = map[string]*udpInitRecord{}
 	return m
 }
+
+// configure applies opts before the mux starts.
+func (m *UDPMux) configure(opts UDPOptions) error {
+	m.noFrag = opts.NoFragment
+	if opts.UnderlayMTU == 0 {
+		return nil
+	}
+	n := opts.UnderlayMTU - udpIPOverhead(m.is6)
+	if n < udpMinPayload || n > udpMaxPayloadLimit {
+		return fmt.Errorf("underlay MTU %d out of range %d..%d", opts.UnderlayMTU,
+			udpMinPayload+udpIPOverhead(m.is6), udpMaxPayloadLimit+udpIPOverhead(m.is6))
+	}
+	m.setPayload(n)
+	return nil
+}
+
+// setPayload sizes the mux's datagrams (before it starts).
+func (m *UDPMux) setPayload(n int) {
+	m.maxPayload = n
+	m.chunkMax = m.maxPayload - udpOverhead
+	m.maxControl = min(udpMaxControl, MaxFragments*m.chunkMax)
+	m.rxSize = max(m.maxPayload, udpMinRxBuf-1) + 1
+}
+
+// FrameLimit is the largest frame one datagram of this mux carries.
+func (m *UDPMux) FrameLimit() int { return m.chunkMax }
 
 func (m *UDPMux) start() {
 	m.wg.Add(2)

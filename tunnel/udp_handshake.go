@@ -135,6 +135,7 @@ func (m *UDPMux) timestamp() [udpTimestampLen]byte {
 
 func (m *UDPMux) newDial(hello Hello) (*udpDial, error) {
 	hello.Version = WireVersion
+	hello.Offload = hello.Offload && !m.noFrag // a super-frame would be split
 	js, err := json.Marshal(hello)
 	if err != nil {
 		return nil, err
@@ -502,6 +503,7 @@ func (m *UDPMux) answer(p *udpPending, h Hello) (transport, error) {
 		return nil, net.ErrClosed
 	}
 	h.Version = WireVersion
+	h.Offload = h.Offload && !m.noFrag // a super-frame would be split
 	js, err := json.Marshal(h)
 	if err != nil {
 		return nil, err

@@ -316,7 +316,16 @@ func (s *udpSession) push(e udpMsg) bool {
 // carriesSuper implements superTransport: a super-frame must fit
 // MaxFragments chunks of this mux's datagrams.
 func (s *udpSession) carriesSuper() bool {
-	return s.m.chunkMax*MaxFragments >= bridge.VnetHdrLen+bridge.MaxSuperFrame
+	return !s.m.noFrag && s.m.chunkMax*MaxFragments >= bridge.VnetHdrLen+bridge.MaxSuperFrame
+}
+
+// frameLimit is the largest frame the session carries whole when it may
+// not split frames (UDPOptions.NoFragment); 0: no limit.
+func (s *udpSession) frameLimit() int {
+	if s.m.noFrag {
+		return s.m.chunkMax
+	}
+	return 0
 }
 
 func (s *udpSession) kind() string        { return "udp" }
@@ -415,6 +424,9 @@ func (s *udpSession) writeFrames(bufs [][]byte, offset int, super bool) error {
 		limit := bridge.MaxFrame
 		if typ == MsgFrameGSO {
 			limit = udpReassemblyMax
+		}
+		if typ == MsgFrame && s.m.noFrag {
+			limit = max(s.m.chunkMax, bridge.MinIPv6Frame)
 		}
 		switch n := len(b) - start; {
 		case n > limit:
