@@ -79,6 +79,9 @@ type Proxy struct {
 
 	adaptActions opCounts // changes the controller applied, by op (metrics)
 
+	enrollMu sync.Mutex // invites, joined hosts, revoked list (join.go); before mu
+	enroll   enrollState
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -157,10 +160,17 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	if cfg.StateDir != "" {
 		p.restoreState()
 	}
+	if err := p.restoreEnroll(); err != nil {
+		return nil, err
+	}
+	p.creds.SetRevoked(p.enroll.Revoked)
 	for _, ep := range cfg.Listen {
 		ln, err := p.listen(ep)
 		if err != nil {
 			return nil, err
+		}
+		if tl, ok := ln.(*tunnel.Listener); ok {
+			tl.SetJoinHandler(p.join)
 		}
 		cleanup = append(cleanup, func() { ln.Close() })
 		p.lns = append(p.lns, ln)
@@ -332,6 +342,11 @@ func (p *Proxy) routineAccept(ln tunnel.Acceptor) {
 			in.Refuse(me, err.Error())
 			continue
 		}
+		if p.creds.IsRevoked(name, "") {
+			p.log.Warn("refused a revoked host", "name", name, "addr", in.RemoteAddr().String())
+			in.Refuse(me, fmt.Sprintf("host %s is revoked (vnet ctl hosts revoke)", name))
+			continue
+		}
 		reply := me
 		reply.Link = StarLinkName(name)
 		link, err := in.Accept(reply, p.log, p.onHostControl)
@@ -471,7 +486,8 @@ func (p *Proxy) adoptLocked(rec *hostRec) bool {
 
 // configLocked computes host name's share of the desired state.
 func (p *Proxy) configLocked(name string) hostConfig {
-	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts}
+	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts,
+		Revoked: p.revokedList()}
 	for _, ln := range sortedKeys(p.mu.links) {
 		l := p.mu.links[ln]
 		if l.A != name && l.B != name {
