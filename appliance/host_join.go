@@ -23,6 +23,15 @@ type savedIdentity struct {
 	Proxies  []string        `json:"proxies"`
 }
 
+// HasIdentity reports whether dir holds a joined host's identity.
+func HasIdentity(dir string) bool {
+	if dir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(dir, identityFile))
+	return err == nil
+}
+
 // hostCredentials picks the host's credentials: the identity in its state
 // directory, else a join with cfg.Join (the identity is then saved there),
 // else the network key. It fills in the name and proxies an identity knows.
