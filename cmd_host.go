@@ -37,8 +37,7 @@ Joining without the network key: on the proxy, 'vnet ctl invite --name h3'
 prints a one-line token; 'vnet host --join TOKEN --state-dir DIR' joins with
 it (no --name, --proxy or --key-file needed) and keeps the credentials it is
 given in DIR, so later starts need only '--state-dir DIR'. Such a host holds
-no network key: 'vnet ctl hosts revoke h3' cuts it off for good. Its links
-are TCP or QUIC (no UDP yet).
+no network key: 'vnet ctl hosts revoke h3' cuts it off for good.
 
 Examples:
   vnet host --join vnet1:eyJ2Ijox... --state-dir /var/lib/vnet --qemu-socket /tmp/vm1.sock

@@ -142,15 +142,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 		cfg.Listen = DefaultHostListen(cfg.Proxies)
 	}
 	log := discardIfNil(cfg.Log).With("host", cfg.Name)
-	if !creds.CanIssue() {
-		// A joined host has no network key for the UDP handshake (yet): its
-		// links are TCP and QUIC.
-		cfg.Listen = slices.DeleteFunc(slices.Clone(cfg.Listen), func(e tunnel.Endpoint) bool { return e.Kind == "udp" })
-		cfg.Proxies = slices.DeleteFunc(slices.Clone(cfg.Proxies), func(e tunnel.Endpoint) bool { return e.Kind == "udp" })
-		if len(cfg.Proxies) == 0 {
-			return nil, errors.New("a host joined with an invite reaches the proxy over tcp:// or quic:// only")
-		}
-	}
+
 	h := &Host{cfg: cfg, log: log, start: time.Now()}
 	h.mu.desired = map[string]fastLink{}
 	h.mu.ports = map[string]bridge.Port{}
@@ -191,7 +183,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 			}
 			cleanup = append(cleanup, func() { h.ln.Close() })
 		case ep.Kind == "udp" && h.mux == nil:
-			if h.mux, err = tunnel.ListenUDP(ep.Addr, cfg.Key, log); err != nil {
+			if h.mux, err = tunnel.ListenUDPCreds(ep.Addr, h.creds, log); err != nil {
 				return nil, fmt.Errorf("--listen %s: %w", ep, err)
 			}
 			cleanup = append(cleanup, func() { h.mux.Close() })

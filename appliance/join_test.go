@@ -1,6 +1,7 @@
 package appliance
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -263,5 +264,57 @@ func TestEnrollSurvivesRestart(t *testing.T) {
 	if _, err := NewProxy(ProxyConfig{Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}}, Key: key, StateDir: dir}); err == nil ||
 		!strings.Contains(err.Error(), "unusable") {
 		t.Fatalf("corrupt enroll file: %v", err)
+	}
+}
+
+// TestJoinUDP: a joined host's star and fast links over UDP authenticate
+// with its certificate (no network key); revoked, it is refused there too.
+func TestJoinUDP(t *testing.T) {
+	n := newTestNetKind(t, "udp", 1, 1)
+	tok := n.invite("h3", 1, time.Hour)
+	dir := t.TempDir()
+	vm := n.newJoinVM("h3", 3)
+	h3, err := NewHost(HostConfig{Join: tok, StateDir: dir, Proxies: []tunnel.Endpoint{n.proxyEP}, Listen: loopback,
+		Ports: []LocalPort{{Name: "vm1", Port: vm.Plug()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h3.Close()
+	n.waitHostsUp(2)
+	if k := n.linkInfo("star-h3").Kind; k != "udp" {
+		t.Fatalf("h3's star link is %q, want udp", k)
+	}
+	if _, err := n.proxy.addLink("h1", "h3", "udp"); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor("fast link h1-h3 up over udp", 10*time.Second, func() bool {
+		li := n.linkInfo("h1-h3")
+		return li.State == "up" && li.Kind == "udp"
+	})
+	if err := exchange(n.vms[0], vm, 256<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.proxy.Revoke("h3"); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor("h3 cut off", 10*time.Second, func() bool {
+		h1 := n.hosts["h1"]
+		h1.mu.Lock()
+		fast := len(h1.mu.fast)
+		h1.mu.Unlock()
+		return !hostUp(n.proxy, "h3") && fast == 0
+	})
+	n.waitFor("h3's UDP handshakes refused", 10*time.Second, func() bool { return starErr(h3) != "" && !hostUp(n.proxy, "h3") })
+	// h3's credentials straight at h1's UDP socket: refused (h1 was told).
+	ua := n.hosts["h1"].mux.Addr().(*net.UDPAddr).AddrPort()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	before := n.hosts["h1"].mux.Stats()["handshake-bad"]
+	if _, err := h3.mux.Dial(ctx, []netip.AddrPort{ua}, tunnel.Hello{Name: "h3", Role: "host", Link: "h1-h3"}, nil, nil); err == nil ||
+		!strings.Contains(err.Error(), "host h3 is revoked") {
+		t.Fatalf("revoked h3 at h1's UDP socket: %v", err)
+	}
+	if after := n.hosts["h1"].mux.Stats()["handshake-bad"]; after <= before {
+		t.Fatalf("h1 did not count the revoked handshake as bad (%d -> %d)", before, after)
 	}
 }

@@ -246,7 +246,7 @@ func (p *Proxy) listen(ep tunnel.Endpoint) (tunnel.Acceptor, error) {
 	case "quic":
 		return tunnel.ListenQUIC(ep.Addr, p.creds, p.log)
 	case "udp":
-		mux, err := tunnel.ListenUDP(ep.Addr, p.cfg.Key, p.log)
+		mux, err := tunnel.ListenUDPCreds(ep.Addr, p.creds, p.log)
 		if err != nil {
 			return nil, fmt.Errorf("listening on %s: %w", ep, err)
 		}
