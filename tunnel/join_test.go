@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -146,4 +147,56 @@ func TestJoinProtocol(t *testing.T) {
 	if _, _, err := joined.Issue("h4", pub); err == nil {
 		t.Fatal("a joined host issued a certificate")
 	}
+}
+
+// TestUDPJoinedIdentity: over UDP a joined host speaks only for its own
+// name, and a key holder's mux accepts it under that name.
+func TestUDPJoinedIdentity(t *testing.T) {
+	k, _ := GenerateKey()
+	proxy, _ := NewCredentials(k, "proxy")
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	id, _, err := proxy.Issue("h3", pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id.Key = priv.Seed()
+	joined, err := LoadIdentity(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ListenUDPCreds("127.0.0.1:0", joined, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := ListenUDPCreds("127.0.0.1:0", proxy, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	go func() {
+		for {
+			in, err := b.Accept(ctx)
+			if err != nil {
+				return
+			}
+			if in.Hello.Name != "h3" {
+				t.Errorf("accepted a UDP peer calling itself %q", in.Hello.Name)
+			}
+			if l, err := in.Accept(Hello{Name: "proxy"}, quietLog(), nil); err == nil {
+				defer l.Close()
+			}
+		}
+	}()
+	to := []netip.AddrPort{b.Addr().(*net.UDPAddr).AddrPort()}
+	if _, err := a.Dial(ctx, to, Hello{Name: "h1"}, quietLog(), nil); err == nil || !strings.Contains(err.Error(), `not "h1"`) {
+		t.Fatalf("a joined host posing as h1 over UDP: %v", err)
+	}
+	l, err := a.Dial(ctx, to, Hello{Name: "h3"}, quietLog(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
 }
