@@ -54,12 +54,20 @@ Commands:
                               the pair's frames) or allow (let them through: a
                               hole in a wider deny); an optional "->" before TO
   rule del HOST SRC DST TO    remove it
+  invite --name H [--expires 1h] [--uses 1] [--proxy URL]...
+                              print a one-line token that lets host H join without
+                              the network key (vnet host --join TOKEN --state-dir DIR);
+                              --proxy names the proxy's endpoints as hosts reach them
+                              (default: its listeners)
+  hosts revoke H              cut host H off: its links close at once, and neither its
+                              stored credentials nor a token for H get in again
   export                      print the live state in the topology language
   apply FILE                  make the desired state equal to FILE (- for stdin):
                               only the difference is applied, and printed
 
 Examples:
   vnet ctl hosts
+  vnet ctl invite --name h3 --expires 24h     # then on h3: vnet host --join TOKEN --state-dir /var/lib/vnet
   vnet ctl link add h1 h2 && vnet ctl route 52:54:00:00:00:01 52:54:00:00:00:02
   vnet ctl rule add h1 any 52:54:00:00:00:02 -> link:h1-h2
   vnet ctl export > net.topo; $EDITOR net.topo; vnet ctl apply --dry-run net.topo; vnet ctl apply net.topo`
@@ -74,6 +82,11 @@ func runCtl(ctx context.Context, args []string) error {
 	last := fs.Duration("last", 0, "matrix: the last DURATION of traffic (default: the smoothed window)")
 	dot := fs.Bool("dot", false, "topology: print a Graphviz graph (edge width by traffic)")
 	kind := fs.String("kind", "", "link add: udp or tcp (default: udp when both hosts have a UDP socket, else tcp)")
+	invName := fs.String("name", "", "invite: the host name the token is for")
+	expires := fs.Duration("expires", time.Hour, "invite: the token is refused after this long")
+	uses := fs.Int("uses", 1, "invite: how many joins the token allows")
+	invProxies := fs.StringArray("proxy", nil, "invite: a proxy endpoint to put in the token, as hosts reach it\n"+
+		"(repeatable; at least one tcp://, which joining uses; default: the proxy's listeners)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -102,6 +115,32 @@ func runCtl(ctx context.Context, args []string) error {
 				table(w, "%s\t%s\t%s\t%d\t%s", h.Name, h.State, h.NAT, len(h.VMs), strings.Join(h.Addrs, " "))
 			}
 		})
+	case len(a) == 3 && cmd == "hosts" && a[1] == "revoke":
+		return c.change(http.MethodPost, "hosts/"+url.PathEscape(a[2])+"/revoke", struct{}{})
+	case len(a) == 1 && cmd == "invite":
+		if *invName == "" {
+			return usageErr("invite needs --name (the host's name)")
+		}
+		if *expires < time.Second {
+			return usageErr("--expires %v: at least 1s", *expires)
+		}
+		b, _ := json.Marshal(appliance.InviteRequest{Name: *invName, ExpiresS: int64(expires.Seconds()), Uses: *uses, Proxies: *invProxies})
+		out, err := c.do(http.MethodPost, "invites", b)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			os.Stdout.Write(out)
+			return nil
+		}
+		var r appliance.InviteReply
+		if err := json.Unmarshal(out, &r); err != nil {
+			return fmt.Errorf("unexpected answer from the daemon: %v", err)
+		}
+		fmt.Println(r.Token)
+		fmt.Fprintf(os.Stderr, "invite for %s: %d join(s), until %s; on the host: vnet host --join TOKEN --state-dir DIR\n",
+			r.Name, r.Uses, r.Expires.Local().Format(time.RFC3339))
+		return nil
 	case len(a) == 1 && cmd == "links":
 		var ls []appliance.LinkInfo
 		return c.show("links", &ls, func(w io.Writer) {

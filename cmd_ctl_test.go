@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,5 +38,48 @@ func TestCtlToken(t *testing.T) {
 	t.Setenv("VNET_API_TOKEN", token)
 	if err := runCtl(ctx, append(api, "hosts")); err != nil {
 		t.Errorf("with VNET_API_TOKEN: %v", err)
+	}
+}
+
+// TestCtlInviteRevoke: `vnet ctl invite` prints one line, a token a host
+// joins with; `vnet ctl hosts revoke` cuts that host off.
+func TestCtlInviteRevoke(t *testing.T) {
+	key, _ := tunnel.GenerateKey()
+	p, err := appliance.NewProxy(appliance.ProxyConfig{Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}},
+		Key: key, API: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	api := []string{"--api", p.APIAddr()}
+	r, w, _ := os.Pipe()
+	stdout := os.Stdout
+	os.Stdout = w
+	err = runCtl(ctx, append(api, "invite", "--name", "h3", "--expires", "10m", "--uses", "1"))
+	os.Stdout = stdout
+	w.Close()
+	out, _ := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "vnet1:") {
+		t.Fatalf("invite printed %q, want one token line", out)
+	}
+	h, err := appliance.NewHost(appliance.HostConfig{Join: lines[0], StateDir: t.TempDir(),
+		Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := runCtl(ctx, append(api, "hosts", "revoke", "h3")); err != nil {
+		t.Fatal(err)
+	}
+	if err := runCtl(ctx, append(api, "hosts", "revoke", "nobody")); err == nil || !strings.Contains(err.Error(), "unknown host") {
+		t.Fatalf("revoking an unknown host: %v", err)
+	}
+	if err := runCtl(ctx, append(api, "invite")); err == nil || !strings.Contains(err.Error(), "--name") {
+		t.Fatalf("invite without --name: %v", err)
 	}
 }

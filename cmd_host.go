@@ -14,7 +14,7 @@ import (
 )
 
 func runHost(ctx context.Context, args []string) error {
-	fs := newFlags("host", "--name NAME --proxy URL --key-file FILE [ports] [flags]", `
+	fs := newFlags("host", "--name NAME --proxy URL --key-file FILE [ports] [flags]\n  vnet host --join TOKEN --state-dir DIR [ports] [flags]", `
 Run a host daemon where VMs run. It dials the proxy (outbound only, so it
 passes NAT and firewalls that allow outbound traffic), trying the --proxy URLs
 in order (tcp://, udp:// or quic://) and re-dialing forever with backoff when
@@ -33,13 +33,25 @@ VM ports (each repeatable):
   --qemu-dgram OURS:VM  bind unixgram socket OURS and send to VM, for
                         -netdev dgram,id=n0,local.type=unix,local.path=VM,remote.type=unix,remote.path=OURS
 
+Joining without the network key: on the proxy, 'vnet ctl invite --name h3'
+prints a one-line token; 'vnet host --join TOKEN --state-dir DIR' joins with
+it (no --name, --proxy or --key-file needed) and keeps the credentials it is
+given in DIR, so later starts need only '--state-dir DIR'. Such a host holds
+no network key: 'vnet ctl hosts revoke h3' cuts it off for good.
+
 Examples:
+  vnet host --join vnet1:eyJ2Ijox... --state-dir /var/lib/vnet --qemu-socket /tmp/vm1.sock
+  vnet host --state-dir /var/lib/vnet --qemu-socket /tmp/vm1.sock   # restarts after joining
   sudo vnet host --name h1 --proxy tcp://203.0.113.5:5000 --key-file net.key --tap vm0
   vnet host --name h2 --proxy tcp://203.0.113.5:5000 --key-file net.key --qemu-socket /tmp/vm1.sock`)
 	name := fs.String("name", "", "this host's name, unique in the network (required)")
 	proxies := fs.StringArray("proxy", nil, "the proxy as tcp://HOST:PORT, udp://HOST:PORT or quic://HOST:PORT\n"+
 		"(repeatable: tried in order, the first that works is used)")
-	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
+	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required unless joined with --join)")
+	join := fs.String("join", "", "join with an invite `TOKEN` from 'vnet ctl invite' on the proxy, instead of the network\n"+
+		"key (needs --state-dir; the name and the proxy's addresses come from the token)")
+	stateDir := fs.String("state-dir", "", "`DIR` where a joined host keeps its credentials (0600, written atomically);\n"+
+		"a host started with it after joining needs no token nor key")
 	listen := fs.StringArray("listen", nil,
 		"where other hosts connect for fast paths: at most one tcp:// and one udp:// (the UDP socket also\n"+
 			"carries udp:// star links, STUN and hole punching); port 0 picks a free port\n"+
@@ -67,19 +79,28 @@ Examples:
 	if fs.NArg() > 0 {
 		return usageErr("unexpected argument %q", fs.Arg(0))
 	}
-	if *name == "" {
+	if *join != "" && *stateDir == "" {
+		return usageErr("--join needs --state-dir, where the host keeps the credentials it is given")
+	}
+	joined := *join != "" || appliance.HasIdentity(*stateDir)
+	if *join != "" && *keyFile != "" {
+		return usageErr("give --join or --key-file, not both")
+	}
+	if *name == "" && !joined {
 		return usageErr("--name is required")
 	}
-	if len(*proxies) == 0 {
+	if len(*proxies) == 0 && !joined {
 		return usageErr("--proxy is required (e.g. --proxy tcp://203.0.113.5:5000)")
 	}
 	log, err := mkLog()
 	if err != nil {
 		return err
 	}
-	key, err := tunnel.LoadKeyFile(*keyFile)
-	if err != nil {
-		return err
+	var key tunnel.Key
+	if !joined {
+		if key, err = tunnel.LoadKeyFile(*keyFile); err != nil {
+			return err
+		}
 	}
 	acct, err := mkAcct()
 	if err != nil {
@@ -91,7 +112,7 @@ Examples:
 			return err
 		}
 	}
-	cfg := appliance.HostConfig{Name: *name, Key: key, API: *api, APIToken: token, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer,
+	cfg := appliance.HostConfig{Name: *name, Key: key, Join: *join, StateDir: *stateDir, API: *api, APIToken: token, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer,
 		ReportInterval: *reportEvery}
 	if cfg.Proxies, err = parseEndpoints("--proxy", *proxies); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -47,10 +48,15 @@ var (
 type HostConfig struct {
 	Name    string            // unique in the network; required
 	Proxies []tunnel.Endpoint // tried in order; at least one
-	Key     tunnel.Key
-	Listen  []tunnel.Endpoint // for fast links from other hosts (tcp, udp); none: DefaultHostListen
-	STUN    []string          // extra STUN servers (host:port) besides the proxy's
-	API     string            // control API address; "" for none
+	Key     tunnel.Key        // the network key; or none with Join or a joined StateDir
+	// Join is an invite token (vnet ctl invite): the host joins without the
+	// network key and keeps the credentials it is given in StateDir, which
+	// later starts use without a token.
+	Join     string
+	StateDir string
+	Listen   []tunnel.Endpoint // for fast links from other hosts (tcp, udp); none: DefaultHostListen
+	STUN     []string          // extra STUN servers (host:port) besides the proxy's
+	API      string            // control API address; "" for none
 	// APIToken, if set, is required of every API request, and lets the API
 	// listen beyond loopback.
 	APIToken string
@@ -125,6 +131,10 @@ func DefaultHostListen(proxies []tunnel.Endpoint) []tunnel.Endpoint {
 // NewHost validates cfg, opens the fast-link listener and the API, attaches
 // the ports and starts the daemon.
 func NewHost(cfg HostConfig) (_ *Host, err error) {
+	creds, err := hostCredentials(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	if err := ValidName(cfg.Name); err != nil {
 		return nil, err
 	}
@@ -135,6 +145,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 		cfg.Listen = DefaultHostListen(cfg.Proxies)
 	}
 	log := discardIfNil(cfg.Log).With("host", cfg.Name)
+
 	h := &Host{cfg: cfg, log: log, start: time.Now()}
 	h.mu.desired = map[string]fastLink{}
 	h.mu.ports = map[string]bridge.Port{}
@@ -153,9 +164,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 			}
 		}
 	}()
-	if h.creds, err = tunnel.NewCredentials(cfg.Key, cfg.Name); err != nil {
-		return nil, err
-	}
+	h.creds = creds
 	h.acct = infer.NewAccountant(cfg.Infer)
 	var obs bridge.Observer = accountObserver{h.acct}
 	if cfg.NoInfer {
@@ -177,7 +186,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 			}
 			cleanup = append(cleanup, func() { h.ln.Close() })
 		case ep.Kind == "udp" && h.mux == nil:
-			if h.mux, err = tunnel.ListenUDPWith(ep.Addr, cfg.Key, log, cfg.UDP); err != nil {
+			if h.mux, err = tunnel.ListenUDPCredsWith(ep.Addr, h.creds, log, cfg.UDP); err != nil {
 				return nil, fmt.Errorf("--listen %s: %w", ep, err)
 			}
 			cleanup = append(cleanup, func() { h.mux.Close() })
@@ -385,6 +394,16 @@ func (h *Host) applyConfig(c hostConfig) {
 	}
 	var drop []*tunnel.Link
 	h.mu.Lock()
+	if c.Revoked != nil && !reflect.DeepEqual(*c.Revoked, h.creds.GetRevoked()) {
+		h.creds.SetRevoked(*c.Revoked)
+		h.log.Info("revoked hosts updated", "names", c.Revoked.Names)
+	}
+	for name, l := range h.mu.fast {
+		if c.Revoked.Has(l.Peer().Name, "") {
+			h.log.Warn("closing the fast link to a revoked host", "link", name, "peer", l.Peer().Name)
+			drop = append(drop, l)
+		}
+	}
 	if !slices.Equal(h.mu.stunPorts, c.STUNPorts) {
 		h.mu.stunPorts = c.STUNPorts
 		h.triggerSTUN()

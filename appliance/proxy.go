@@ -82,6 +82,9 @@ type Proxy struct {
 
 	adaptActions opCounts // changes the controller applied, by op (metrics)
 
+	enrollMu sync.Mutex // invites, joined hosts, revoked list (join.go); before mu
+	enroll   enrollState
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -160,10 +163,17 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	if cfg.StateDir != "" {
 		p.restoreState()
 	}
+	if err := p.restoreEnroll(); err != nil {
+		return nil, err
+	}
+	p.creds.SetRevoked(p.enroll.Revoked)
 	for _, ep := range cfg.Listen {
 		ln, err := p.listen(ep)
 		if err != nil {
 			return nil, err
+		}
+		if tl, ok := ln.(*tunnel.Listener); ok {
+			tl.SetJoinHandler(p.join)
 		}
 		cleanup = append(cleanup, func() { ln.Close() })
 		p.lns = append(p.lns, ln)
@@ -239,7 +249,7 @@ func (p *Proxy) listen(ep tunnel.Endpoint) (tunnel.Acceptor, error) {
 	case "quic":
 		return tunnel.ListenQUIC(ep.Addr, p.creds, p.log)
 	case "udp":
-		mux, err := tunnel.ListenUDPWith(ep.Addr, p.cfg.Key, p.log, p.cfg.UDP)
+		mux, err := tunnel.ListenUDPCredsWith(ep.Addr, p.creds, p.log, p.cfg.UDP)
 		if err != nil {
 			return nil, fmt.Errorf("listening on %s: %w", ep, err)
 		}
@@ -333,6 +343,11 @@ func (p *Proxy) routineAccept(ln tunnel.Acceptor) {
 		}
 		if err := ValidName(name); err != nil {
 			in.Refuse(me, err.Error())
+			continue
+		}
+		if p.creds.IsRevoked(name, "") {
+			p.log.Warn("refused a revoked host", "name", name, "addr", in.RemoteAddr().String())
+			in.Refuse(me, fmt.Sprintf("host %s is revoked (vnet ctl hosts revoke)", name))
 			continue
 		}
 		reply := me
@@ -474,7 +489,8 @@ func (p *Proxy) adoptLocked(rec *hostRec) bool {
 
 // configLocked computes host name's share of the desired state.
 func (p *Proxy) configLocked(name string) hostConfig {
-	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts}
+	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts,
+		Revoked: p.revokedList()}
 	for _, ln := range sortedKeys(p.mu.links) {
 		l := p.mu.links[ln]
 		if l.A != name && l.B != name {

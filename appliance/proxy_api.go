@@ -431,6 +431,7 @@ func (p *Proxy) routes() *http.ServeMux {
 		}
 		return p.apply(t, r.URL.Query().Get("dry_run") != "")
 	}))
+	p.joinRoutes(mux)
 	mux.Handle("GET /metrics", metricsHandler(daemonCollector{proxy: p}, p.log))
 	handleProfiles(mux)
 	mux.HandleFunc("/api/v1/", handle(func(r *http.Request) (any, error) {

@@ -18,6 +18,8 @@ package appliance
 import (
 	"encoding/json"
 	"time"
+
+	"vnet/tunnel"
 )
 
 // The JSON shapes of the control API and `vnet ctl --json` (DESIGN.md).
@@ -187,6 +189,9 @@ type hostConfig struct {
 	Links     []fastLink `json:"links"`
 	Rules     []RuleInfo `json:"rules"`
 	STUNPorts []uint16   `json:"stun_ports,omitempty"` // the proxy's STUN ports, on the proxy's address
+	// Revoked lists the hosts cut off (vnet ctl hosts revoke): refuse them,
+	// close links to them.
+	Revoked *tunnel.Revoked `json:"revoked,omitempty"`
 }
 
 type lookupReq struct {

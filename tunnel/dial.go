@@ -12,8 +12,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -128,6 +130,9 @@ func Dial(ctx context.Context, ep Endpoint, creds *Credentials, hello Hello, log
 	if peer.Error != "" {
 		return fail(fmt.Errorf("%w by %s: %s", ErrRefused, peer.Name, peer.Error))
 	}
+	if err := creds.checkPeer(peerLeaf(conn.ConnectionState()), peer.Name); err != nil {
+		return fail(err)
+	}
 	conn.SetDeadline(time.Time{})
 	return newLink(newStreamTransport(conn, br), hello, peer, log, h), nil
 }
@@ -138,6 +143,7 @@ type Listener struct {
 	creds *Credentials
 	log   *slog.Logger
 	ch    chan *Incoming
+	join  atomic.Pointer[JoinHandler]
 	done  chan struct{}
 	once  sync.Once
 	wg    sync.WaitGroup
@@ -174,6 +180,16 @@ func Listen(ep Endpoint, creds *Credentials, log *slog.Logger) (*Listener, error
 	l.wg.Add(1)
 	go l.routineAccept()
 	return l, nil
+}
+
+// SetJoinHandler lets hosts without credentials join over this listener
+// with an invite token (see join.go); nil turns joining off.
+func (l *Listener) SetJoinHandler(f JoinHandler) {
+	if f == nil {
+		l.join.Store(nil)
+		return
+	}
+	l.join.Store(&f)
 }
 
 // Addr is the address the listener is bound to.
@@ -224,7 +240,17 @@ func (l *Listener) routineAccept() {
 func (l *Listener) handshake(raw net.Conn) {
 	defer l.wg.Done()
 	tuneTCP(raw)
-	conn := tls.Server(raw, l.creds.ServerConfig())
+	cfg := l.creds.ServerConfig()
+	join := l.join.Load()
+	if join != nil {
+		cfg.GetConfigForClient = func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			if slices.Contains(chi.SupportedProtos, joinALPN) {
+				return l.creds.joinServerConfig(), nil
+			}
+			return nil, nil
+		}
+	}
+	conn := tls.Server(raw, cfg)
 	conn.SetDeadline(time.Now().Add(HandshakeTimeout))
 	fin := make(chan struct{})
 	defer close(fin)
@@ -245,10 +271,24 @@ func (l *Listener) handshake(raw net.Conn) {
 		conn.Close()
 		return
 	}
+	if conn.ConnectionState().NegotiatedProtocol == joinALPN {
+		if join != nil {
+			serveJoin(conn, *join, l.log)
+		}
+		conn.Close()
+		return
+	}
 	br := bufio.NewReaderSize(conn, 64<<10)
 	h, err := readHello(br)
 	if err != nil {
 		l.log.Info("bad hello", "peer", raw.RemoteAddr().String(), "err", err)
+		conn.Close()
+		return
+	}
+	if err := l.creds.checkPeer(peerLeaf(conn.ConnectionState()), h.Name); err != nil {
+		l.log.Warn("refused a peer", "peer", raw.RemoteAddr().String(), "name", h.Name, "err", err)
+		conn.SetDeadline(time.Now().Add(time.Second))
+		writeHello(bufio.NewWriter(conn), Hello{Name: l.creds.name, Error: err.Error()})
 		conn.Close()
 		return
 	}

@@ -303,6 +303,18 @@ func (l *QUICListener) handshake(conn *quic.Conn) {
 		conn.CloseWithError(quicCodeProtocol, "bad hello")
 		return
 	}
+	if err := l.creds.checkPeer(peerLeaf(conn.ConnectionState().TLS), h.Name); err != nil {
+		l.log.Warn("refused a peer", "peer", peer, "name", h.Name, "err", err)
+		stream.SetWriteDeadline(time.Now().Add(time.Second))
+		writeHello(bufio.NewWriter(stream), Hello{Name: l.creds.name, Error: err.Error()})
+		stream.Close()
+		select {
+		case <-conn.Context().Done():
+		case <-time.After(time.Second):
+		}
+		conn.CloseWithError(quicCodeRefused, "refused")
+		return
+	}
 	stream.SetDeadline(time.Time{})
 	in := &Incoming{Hello: h, remote: conn.RemoteAddr(),
 		reply: func(hello Hello) (transport, error) {
@@ -370,6 +382,10 @@ func DialQUIC(ctx context.Context, addr string, creds *Credentials, hello Hello,
 	if peer.Error != "" {
 		conn.CloseWithError(quicCodeRefused, "refused")
 		return nil, fmt.Errorf("%w by %s: %s", ErrRefused, peer.Name, peer.Error)
+	}
+	if err := creds.checkPeer(peerLeaf(conn.ConnectionState().TLS), peer.Name); err != nil {
+		conn.CloseWithError(quicCodeRefused, "refused")
+		return nil, err
 	}
 	stream.SetDeadline(time.Time{})
 	return newLink(newQUICTransport(conn, stream, br), hello, peer, log, h), nil

@@ -13,12 +13,14 @@ package tunnel
 //	type 1, handshake init (initiator -> responder):
 //	+------+--------------------+-----------------------------------------+
 //	|  1   | sender index (32)  | Noise NNpsk0 message 1:                 |
-//	|      |                    |   e (32) | AEAD(timestamp(12) | Hello)  |
+//	|      |                    |   e (32) | AEAD(timestamp(12) | cert   |
+//	|      |                    |   | signature | Hello) (udp_auth.go)    |
 //	+------+--------------------+-----------------------------------------+
 //	type 2, handshake response (responder -> initiator):
 //	+------+--------------------+----------------------+------------------+
 //	|  2   | sender index (32)  | receiver index (32)  | Noise message 2: |
-//	|      |                    |                      | e (32) | AEAD(Hello)
+//	|      |                    |                      | e (32) | AEAD(cert
+//	|      |                    |                      | | signature | Hello)
 //	+------+--------------------+----------------------+------------------+
 //	type 3, punch: 3, then "vnetpunch"; unauthenticated, ignored (counted).
 //	type 4, transport data:
@@ -45,7 +47,12 @@ package tunnel
 // link ("handshake-replay"), hands an Incoming to Accept, and answers once
 // the caller accepts or refuses. A re-sent message 1 gets the same answer
 // again (a few times, until data flows). After that both sides send type 4.
-// Version history: udp v1 (this one; Noise prologue "vnet udp v1").
+// The pre-shared key (derived from the network key, and handed to hosts
+// that join with an invite) keeps strangers out cheaply; the certificates
+// and signatures in the payloads say which member is which, and a revoked
+// one is refused (and told so). Version history: udp v1 (Noise prologue
+// "vnet udp v1", the key alone); udp v2 (this one: "vnet udp v2",
+// certificates).
 //
 // Stages and locking. One reader goroutine per mux (routineRead) receives
 // batches (recvmmsg on Linux), decrypts transport datagrams in place, checks
@@ -117,7 +124,7 @@ var (
 
 // Limits, chosen to bound what a peer (or a flood) can make us hold.
 const (
-	udpMinPayload        = 576  // a chunk must still hold a handshake
+	udpMinPayload        = 1024 // a chunk must still hold a handshake (a certificate, a signature, the Hello)
 	udpMaxPayloadLimit   = 9216 // jumbo underlays
 	udpMinRxBuf          = 2048 // receive buffers hold a datagram of up to this-1 bytes
 	udpReadBatch         = 64   // datagrams per recvmmsg
@@ -218,7 +225,7 @@ var udpSuperPool = sync.Pool{New: func() any { return &udpBuf{b: make([]byte, ud
 // UDPMux is one UDP socket shared by every datagram link of a daemon, its
 // STUN traffic and its hole punching. It implements Acceptor.
 type UDPMux struct {
-	key        Key
+	creds      *Credentials // certificates of the handshake; its pre-shared key
 	psk        [32]byte
 	log        *slog.Logger
 	io         udpIO
@@ -283,14 +290,30 @@ func udpIPOverhead(is6 bool) int {
 	return 20 + 8
 }
 
-// ListenUDP opens the daemon's UDP socket on addr (":5000", "127.0.0.1:0",
-// "[::]:0") for links authenticated by key.
+// ListenUDP opens a UDP socket on addr (":5000", "127.0.0.1:0", "[::]:0")
+// for links in the network of key; it speaks for any name (it mints
+// certificates as needed). Daemons use ListenUDPCreds.
 func ListenUDP(addr string, key Key, log *slog.Logger) (*UDPMux, error) {
 	return ListenUDPWith(addr, key, log, UDPOptions{})
 }
 
 // ListenUDPWith is ListenUDP with options.
 func ListenUDPWith(addr string, key Key, log *slog.Logger, opts UDPOptions) (*UDPMux, error) {
+	creds, err := NewCredentials(key, "")
+	if err != nil {
+		return nil, err
+	}
+	return ListenUDPCredsWith(addr, creds, log, opts)
+}
+
+// ListenUDPCreds opens the daemon's UDP socket on addr for links
+// authenticated by creds.
+func ListenUDPCreds(addr string, creds *Credentials, log *slog.Logger) (*UDPMux, error) {
+	return ListenUDPCredsWith(addr, creds, log, UDPOptions{})
+}
+
+// ListenUDPCredsWith is ListenUDPCreds with options.
+func ListenUDPCredsWith(addr string, creds *Credentials, log *slog.Logger, opts UDPOptions) (*UDPMux, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("udp listen address %q: %w", addr, err)
@@ -308,7 +331,7 @@ func ListenUDPWith(addr string, key Key, log *slog.Logger, opts UDPOptions) (*UD
 		conn.Close()
 		return nil, err
 	}
-	m := newUDPMux(key, log, io, conn.LocalAddr(), is6)
+	m := newUDPMuxCreds(creds, log, io, conn.LocalAddr(), is6)
 	if err := m.configure(opts); err != nil {
 		conn.Close()
 		return nil, err
@@ -327,10 +350,18 @@ func checkUDPPayload() error {
 // newUDPMux builds a mux over io without starting its goroutines (tests and
 // fuzzers drive receive directly).
 func newUDPMux(key Key, log *slog.Logger, io udpIO, laddr net.Addr, is6 bool) *UDPMux {
+	creds, err := NewCredentials(key, "")
+	if err != nil {
+		panic(err)
+	}
+	return newUDPMuxCreds(creds, log, io, laddr, is6)
+}
+
+func newUDPMuxCreds(creds *Credentials, log *slog.Logger, io udpIO, laddr net.Addr, is6 bool) *UDPMux {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &UDPMux{key: key, psk: udpPSK(key), log: log, io: io, laddr: laddr, is6: is6,
+	m := &UDPMux{creds: creds, psk: creds.psk, log: log, io: io, laddr: laddr, is6: is6,
 		epoch: time.Now(), acceptCh: make(chan *Incoming, udpMaxPending),
 		done: make(chan struct{})}
 	m.setPayload(MaxUDPPayload)

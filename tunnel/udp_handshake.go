@@ -4,7 +4,8 @@ package tunnel
 // key is derived from the network key, so only members can complete it and
 // a stranger's init costs us one hash chain and one failed AEAD open, no DH
 // and no answer. NN gives forward secrecy (fresh ephemerals each side);
-// identity is the Hello inside, trust is the key (as with TLS links).
+// identity is the Hello inside, vouched for by a CA-signed certificate and
+// a signature over both ephemerals (udp_auth.go), as with TLS links.
 //
 // Concurrency: handleInit and handleResponse run on the mux's reader
 // goroutine; Dial, Incoming.Accept/Refuse on the callers'. Shared state
@@ -31,13 +32,13 @@ import (
 )
 
 const (
-	udpPrologue     = "vnet udp v1"
+	udpPrologue     = "vnet udp v2"
 	udpPSKInfo      = "vnet udp psk v1"
 	udpTimestampLen = 12 // unix nanoseconds (8) + random (4)
 	udpEphemeralLen = 32
 	// udpMinInit and udpMinResponse are the shortest well-formed messages.
-	udpMinInit     = udpInitHeaderLen + udpEphemeralLen + udpTimestampLen + udpTagLen
-	udpMinResponse = udpRespHeaderLen + udpEphemeralLen + udpTagLen
+	udpMinInit     = udpInitHeaderLen + udpEphemeralLen + udpTimestampLen + 2 + udpSigLen + udpTagLen
+	udpMinResponse = udpRespHeaderLen + udpEphemeralLen + 2 + udpSigLen + udpTagLen
 )
 
 var udpCipherSuite = noise.NewCipherSuite(noise.DH25519, noise.CipherAESGCM, noise.HashSHA256)
@@ -86,9 +87,10 @@ func (m *UDPMux) allocIndexLocked() uint32 {
 // udpDial is one Dial in progress.
 type udpDial struct {
 	idx     uint32
-	hello   Hello    // ours
-	seed    [32]byte // ephemeral private key: the state can be rebuilt
-	payload []byte   // message 1's payload
+	hello   Hello                 // ours
+	seed    [32]byte              // ephemeral private key: the state can be rebuilt
+	eph     [udpEphemeralLen]byte // its public key
+	payload []byte                // message 1's payload
 	msg1    []byte
 
 	mu           sync.Mutex
@@ -140,9 +142,16 @@ func (m *UDPMux) newDial(hello Hello) (*udpDial, error) {
 	if err != nil {
 		return nil, err
 	}
+	uc, err := m.creds.udpCertFor(hello.Name)
+	if err != nil {
+		return nil, err
+	}
 	ts := m.timestamp()
-	d := &udpDial{hello: hello, payload: append(ts[:], js...), ready: make(chan struct{})}
+	d := &udpDial{hello: hello, ready: make(chan struct{})}
 	rand.Read(d.seed[:])
+	d.eph = [udpEphemeralLen]byte(ephemeralPublic(d.seed[:]))
+	d.payload = appendUDPAuth(ts[:], uc, udpSignedMsg(udpInitContext, d.eph[:], ts[:], js))
+	d.payload = append(d.payload, js...)
 	hs, out, err := m.initiatorState(d)
 	if err != nil {
 		return nil, err
@@ -293,7 +302,18 @@ func (m *UDPMux) handleResponse(b []byte, from netip.AddrPort) {
 	}
 	res := &udpDialResult{}
 	var peer Hello
-	switch err := json.Unmarshal(payload, &peer); {
+	cert, sig, js, authErr := splitUDPAuth(payload)
+	if authErr == nil {
+		authErr = json.Unmarshal(js, &peer)
+	}
+	if authErr == nil && peer.Error == "" {
+		authErr = m.creds.verifyUDPPeer(cert, sig, peer.Name,
+			udpSignedMsg(udpRespContext, d.eph[:], b[udpRespHeaderLen:udpRespHeaderLen+udpEphemeralLen], js))
+	}
+	switch err := authErr; {
+	case err != nil && (errors.Is(err, ErrAuth) || errors.Is(err, ErrRevoked)):
+		m.count(udpHandshakeBad)
+		res.err = fmt.Errorf("udp peer %v: %w", from, err)
 	case err != nil:
 		res.err = fmt.Errorf("malformed hello from %v: %w", from, err)
 	case peer.Version != WireVersion:
@@ -347,7 +367,9 @@ type udpPending struct {
 	from    netip.AddrPort
 	rec     *udpInitRecord
 	expires time.Time
-	state   int // under m.mu: pendingWaiting, pendingAnswered, pendingExpired
+	eInit   [udpEphemeralLen]byte // the initiator's ephemeral
+	eResp   [udpEphemeralLen]byte // ours
+	state   int                   // under m.mu: pendingWaiting, pendingAnswered, pendingExpired
 }
 
 const (
@@ -370,7 +392,9 @@ func (m *UDPMux) handleInit(b []byte, from netip.AddrPort) {
 		m.count(udpHandshakeBusy)
 		return
 	}
-	hs, err := m.noiseState(false, nil)
+	var seed [32]byte // our ephemeral: its public half is signed in the answer
+	rand.Read(seed[:])
+	hs, err := m.noiseState(false, bytes.NewReader(seed[:]))
 	if err != nil {
 		return
 	}
@@ -380,15 +404,26 @@ func (m *UDPMux) handleInit(b []byte, from netip.AddrPort) {
 		m.warnAuth(from)
 		return
 	}
-	hello, ts, err := parseInitPayload(payload)
+	var eph [udpEphemeralLen]byte
+	copy(eph[:], b[udpInitHeaderLen:])
+	hello, ts, err := parseInitPayload(payload, m.creds, eph[:])
 	if err != nil {
 		m.count(udpHandshakeBad)
-		m.log.Info("bad udp hello", "peer", from.String(), "err", err)
+		if errors.Is(err, ErrRevoked) {
+			// A member we cut off: tell it so (it holds the pre-shared
+			// key, so the answer costs it nothing it could not get anyway).
+			p := &udpPending{hs: hs, remote: binary.BigEndian.Uint32(b[1:5]), from: from, rec: &udpInitRecord{},
+				eInit: eph, eResp: [udpEphemeralLen]byte(ephemeralPublic(seed[:]))}
+			m.answer(p, Hello{Name: m.creds.name, Error: err.Error()})
+		}
+		if errors.Is(err, ErrRevoked) || errors.Is(err, ErrAuth) {
+			m.log.Warn("refused a UDP peer", "peer", from.String(), "name", hello.Name, "err", err)
+		} else {
+			m.log.Info("bad udp hello", "peer", from.String(), "err", err)
+		}
 		return
 	}
 	sender := binary.BigEndian.Uint32(b[1:5])
-	var eph [udpEphemeralLen]byte
-	copy(eph[:], b[udpInitHeaderLen:])
 	key := hello.Name + "\x00" + hello.Link
 
 	m.mu.Lock()
@@ -432,7 +467,8 @@ func (m *UDPMux) handleInit(b []byte, from netip.AddrPort) {
 	now := time.Now()
 	rec := &udpInitRecord{ts: ts, idx: sender, eph: eph, seen: now}
 	m.mu.inits[key] = rec
-	p := &udpPending{hs: hs, remote: sender, from: from, rec: rec, expires: now.Add(HandshakeTimeout)}
+	p := &udpPending{hs: hs, remote: sender, from: from, rec: rec, expires: now.Add(HandshakeTimeout), eInit: eph,
+		eResp: [udpEphemeralLen]byte(ephemeralPublic(seed[:]))}
 	m.mu.pendings[p] = struct{}{}
 	m.mu.Unlock()
 
@@ -455,19 +491,28 @@ func (m *UDPMux) handleInit(b []byte, from netip.AddrPort) {
 	}
 }
 
-// parseInitPayload splits message 1's payload into its Hello and timestamp.
-func parseInitPayload(p []byte) (Hello, [udpTimestampLen]byte, error) {
+// parseInitPayload splits message 1's payload into its Hello and
+// timestamp, and checks its certificate and signature (see udp_auth.go);
+// eph is the initiator's ephemeral.
+func parseInitPayload(p []byte, creds *Credentials, eph []byte) (Hello, [udpTimestampLen]byte, error) {
 	var ts [udpTimestampLen]byte
 	if len(p) < udpTimestampLen {
 		return Hello{}, ts, fmt.Errorf("payload of %d bytes", len(p))
 	}
 	copy(ts[:], p)
+	cert, sig, js, err := splitUDPAuth(p[udpTimestampLen:])
+	if err != nil {
+		return Hello{}, ts, err
+	}
 	var h Hello
-	if err := json.Unmarshal(p[udpTimestampLen:], &h); err != nil {
+	if err := json.Unmarshal(js, &h); err != nil {
 		return Hello{}, ts, fmt.Errorf("malformed hello: %w", err)
 	}
 	if h.Version != WireVersion {
 		return h, ts, fmt.Errorf("peer speaks link protocol version %d, we speak %d", h.Version, WireVersion)
+	}
+	if err := creds.verifyUDPPeer(cert, sig, h.Name, udpSignedMsg(udpInitContext, eph, ts[:], js)); err != nil {
+		return h, ts, err
 	}
 	return h, ts, nil
 }
@@ -508,7 +553,12 @@ func (m *UDPMux) answer(p *udpPending, h Hello) (transport, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, cs1, cs2, err := p.hs.WriteMessage(nil, js)
+	uc, err := m.creds.udpCertFor(h.Name)
+	if err != nil {
+		return nil, err
+	}
+	payload := appendUDPAuth(nil, uc, udpSignedMsg(udpRespContext, p.eInit[:], p.eResp[:], js))
+	out, cs1, cs2, err := p.hs.WriteMessage(nil, append(payload, js...))
 	if err != nil {
 		return nil, err
 	}
