@@ -67,6 +67,8 @@ Examples:
 	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
 	mkAcct := accountFlags(fs)
 	mkUDP := mtuFlags(fs)
+	bcast := fs.Int("broadcast-rate", bridge.DefaultBroadcastRate, "broadcast and multicast frames a second each VM port may send (a burst of as many);\n"+
+		"more are dropped and counted as broadcast-limit, so one VM's storm cannot flood the network (0: no limit)")
 	offload := fs.Bool("offload", true, "TAP devices take the VM's TCP segments of up to 64 KB and unfinished checksums, which cross links to peers that take them whole (false: 1514-byte frames everywhere)")
 	noInfer := fs.Bool("no-infer", false, "do not account VM traffic (no inference; to measure what it costs)")
 	reportEvery := fs.Duration("infer-report-interval", appliance.ReportInterval, "push active VM pairs' traffic to the proxy this often\n"+
@@ -121,6 +123,11 @@ Examples:
 		return err
 	}
 	cfg.NoOffload, cfg.UDP = !*offload, mkUDP()
+	if cfg.BroadcastRate = *bcast; *bcast == 0 {
+		cfg.BroadcastRate = -1
+	} else if *bcast < 0 {
+		return usageErr("--broadcast-rate %d: want frames a second, or 0 for no limit", *bcast)
+	}
 	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, *offload, log)
 	if err != nil {
 		return err

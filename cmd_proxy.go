@@ -60,6 +60,8 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	mkAcct, mkGlobal := accountFlags(fs), globalFlags(fs)
 	mkAdapt := adaptFlags(fs)
 	mkUDP := mtuFlags(fs)
+	bcast := fs.Int("broadcast-rate", bridge.DefaultBroadcastRate, "broadcast and multicast frames a second each VM port may send (a burst of as many);\n"+
+		"more are dropped and counted as broadcast-limit, so one VM's storm cannot flood the network (0: no limit)")
 	mkLog := logFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -91,6 +93,11 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 		return err
 	}
 	cfg.NoOffload, cfg.UDP = !*offload, mkUDP()
+	if cfg.BroadcastRate = *bcast; *bcast == 0 {
+		cfg.BroadcastRate = -1
+	} else if *bcast < 0 {
+		return usageErr("--broadcast-rate %d: want frames a second, or 0 for no limit", *bcast)
+	}
 	ports, err := openPorts(*taps, nil, nil, nil, *offload, log)
 	if err != nil {
 		return err

@@ -66,6 +66,9 @@ type HostConfig struct {
 	// NoOffload keeps super-frames (bridge.OffloadPort) off the host's
 	// links: every frame crosses them as a plain 1514-byte one.
 	NoOffload bool
+	// BroadcastRate bounds each VM port's broadcast and multicast frames a
+	// second (bridge.Config.BroadcastRate; 0: the default, negative: none).
+	BroadcastRate int
 	// UDP sizes the datagrams of udp:// links and says whether they split
 	// frames (tunnel.UDPOptions; zero: 1500-byte underlay, splitting).
 	UDP tunnel.UDPOptions
@@ -170,7 +173,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	if cfg.NoInfer {
 		obs = nil
 	}
-	h.sw = bridge.New(bridge.Config{Log: log, Observer: obs})
+	h.sw = bridge.New(bridge.Config{Log: log, Observer: obs, BroadcastRate: cfg.BroadcastRate})
 	cleanup = append(cleanup, h.sw.Close)
 	for _, p := range cfg.Ports {
 		if err := h.sw.AddPort(p.Name, bridge.RoleLocal, p.Port); err != nil {

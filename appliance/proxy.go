@@ -42,6 +42,9 @@ type ProxyConfig struct {
 	// NoOffload keeps super-frames (bridge.OffloadPort) off the proxy's
 	// links: every frame crosses them as a plain 1514-byte one.
 	NoOffload bool
+	// BroadcastRate bounds each VM port's broadcast and multicast frames a
+	// second (bridge.Config.BroadcastRate; 0: the default, negative: none).
+	BroadcastRate int
 	// UDP sizes the datagrams of udp:// links and says whether they split
 	// frames (tunnel.UDPOptions; zero: 1500-byte underlay, splitting).
 	UDP    tunnel.UDPOptions
@@ -153,7 +156,7 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	if p.migrator == nil && cfg.MigrateCmd != "" {
 		p.migrator = CommandMigrator(cfg.MigrateCmd, p)
 	}
-	p.sw = bridge.New(bridge.Config{Log: log, Observer: accountObserver{p.acct}})
+	p.sw = bridge.New(bridge.Config{Log: log, Observer: accountObserver{p.acct}, BroadcastRate: cfg.BroadcastRate})
 	cleanup = append(cleanup, p.sw.Close)
 	for _, lp := range cfg.Ports {
 		if err := p.sw.AddPort(lp.Name, bridge.RoleLocal, lp.Port); err != nil {

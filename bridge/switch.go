@@ -15,23 +15,29 @@ import (
 // QueueLen is the depth of each port's output queue, in frames.
 var QueueLen = 1024
 
+// DefaultBroadcastRate is Config.BroadcastRate's default: far above what
+// ARP, NDP, DHCP and mDNS need (a few frames a second per VM, a burst when
+// a VM boots or scans its subnet), far below a storm.
+const DefaultBroadcastRate = 1000
+
 // Drop reasons, counted per port. Ingress reasons count on the port the frame
 // came in on, egress reasons on the port it was going out of.
 const (
-	DropRunt       = iota // ingress: shorter than an Ethernet header
-	DropBadSource         // ingress: multicast or zero source address
-	DropNoRoute           // ingress: the only way out was where it came from
-	DropQueueFull         // egress: the output queue was full (slow port)
-	DropWriteError        // egress: the port failed to write
-	DropDenied            // ingress: an access rule (deny) matched
-	DropBadOffload        // ingress: a virtio-net header that describes no valid frame; egress: a super-frame a plain port cannot take
-	DropLooped            // ingress: from a link, with the source address of a VM on a local port here (a forwarding loop)
-	DropTooBig            // egress: larger than the port carries whole (LimitPort; mtu.go)
+	DropRunt           = iota // ingress: shorter than an Ethernet header
+	DropBadSource             // ingress: multicast or zero source address
+	DropNoRoute               // ingress: the only way out was where it came from
+	DropQueueFull             // egress: the output queue was full (slow port)
+	DropWriteError            // egress: the port failed to write
+	DropDenied                // ingress: an access rule (deny) matched
+	DropBadOffload            // ingress: a virtio-net header that describes no valid frame; egress: a super-frame a plain port cannot take
+	DropLooped                // ingress: from a link, with the source address of a VM on a local port here (a forwarding loop)
+	DropTooBig                // egress: larger than the port carries whole (LimitPort; mtu.go)
+	DropBroadcastLimit        // ingress: a VM port's broadcast and multicast frames beyond Config.BroadcastRate
 	numDropReasons
 )
 
 // DropReasonNames names the drop reasons, for logs, the API and metrics.
-var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload", "looped", "too-big"}
+var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload", "looped", "too-big", "broadcast-limit"}
 
 // maxSuperQueued bounds the super-frames waiting in one port's queue (up to
 // 64 KB each: QueueLen of them would be 64 MB).
@@ -76,15 +82,21 @@ type Observer interface {
 
 // Config configures a Switch.
 type Config struct {
-	Log      *slog.Logger // nil: discard
-	MaxMACs  int          // MAC table bound; 0: DefaultMaxMACs
-	Observer Observer     // optional; called once per received batch
+	Log     *slog.Logger // nil: discard
+	MaxMACs int          // MAC table bound; 0: DefaultMaxMACs
+	// BroadcastRate bounds the broadcast and multicast frames each VM port
+	// may send, in frames a second (with a burst of as many); the rest are
+	// dropped as "broadcast-limit", so one VM's storm cannot flood the
+	// whole network. 0: DefaultBroadcastRate; negative: no limit.
+	BroadcastRate int
+	Observer      Observer // optional; called once per received batch
 }
 
 // Switch is the layer-2 switch. Its methods are safe for concurrent use.
 type Switch struct {
 	log       *slog.Logger
 	observer  Observer
+	bcastGap  int64 // ns between broadcast frames a VM port may send on average; 0: no limit
 	macs      *macTable
 	pool      sync.Pool // frames of BufSize
 	superPool sync.Pool // frames of SuperBufSize
@@ -108,6 +120,12 @@ func New(cfg Config) *Switch {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Switch{log: log, observer: cfg.Observer, macs: newMACTable(cfg.MaxMACs)}
+	switch rate := cfg.BroadcastRate; {
+	case rate == 0:
+		s.bcastGap = int64(time.Second) / DefaultBroadcastRate
+	case rate > 0:
+		s.bcastGap = max(int64(time.Second)/int64(rate), 1)
+	}
 	s.pool.New = func() any { return &frame{buf: make([]byte, BufSize)} }
 	s.superPool.New = func() any { return &frame{buf: make([]byte, SuperBufSize)} }
 	s.ports.Store(&portSet{byName: map[string]*portState{}})
@@ -366,6 +384,25 @@ type reader struct {
 	cache map[cacheKey]*decision
 	spare []*decision // evicted cache entries, reused
 	outs  []*portState
+	// bcastDue paces the port's broadcasts (GCRA, a token bucket in one
+	// number): the time at which its next one would be on schedule. A frame
+	// may run up to a second (a burst of BroadcastRate frames) ahead of it.
+	bcastDue int64
+}
+
+// broadcastAllowed reports whether a broadcast or multicast frame from a VM
+// port, arriving at now, is within the port's rate.
+func (r *reader) broadcastAllowed(now int64) bool {
+	gap := r.s.bcastGap
+	if gap == 0 {
+		return true
+	}
+	due := max(r.bcastDue, now)
+	if due-now > int64(time.Second) {
+		return false
+	}
+	r.bcastDue = due + gap
+	return true
 }
 
 // forward sends f on its way. It reports whether it gave f away (the caller
@@ -394,6 +431,10 @@ func (r *reader) forward(f *frame, now int64) bool {
 	}
 	if s.macs.learn(src, in, now) {
 		in.c.drops[DropLooped].Add(1)
+		return false
+	}
+	if dst.IsMulticast() && in.role == RoleLocal && !r.broadcastAllowed(now) {
+		in.c.drops[DropBroadcastLimit].Add(1)
 		return false
 	}
 	if in.role == RoleLocal && binary.BigEndian.Uint16(d[12:14]) == 0x0806 && n >= 14+28 {

@@ -271,6 +271,49 @@ func TestLoopedFramesDropped(t *testing.T) {
 	}
 }
 
+// A VM's broadcast storm is cut to its port's rate and counted; its
+// unicast, and other VMs' broadcasts, still pass.
+func TestBroadcastStormLimited(t *testing.T) {
+	const rate = 100
+	sw := bridge.New(bridge.Config{BroadcastRate: rate})
+	defer sw.Close()
+	storm, quiet, peer := bridgetest.NewChanPort(4096), bridgetest.NewChanPort(64), bridgetest.NewChanPort(4096)
+	sw.AddPort("v1", bridge.RoleLocal, storm)
+	sw.AddPort("v2", bridge.RoleLocal, quiet)
+	sw.AddPort("s1", bridge.RoleStar, peer)
+	const sent = 3000
+	start := time.Now()
+	for i := 0; i < sent; i++ {
+		storm.Inject(bridgetest.Frame(bridge.Broadcast, mac(1), nil))
+	}
+	waitFor(t, "the storm counted", func() bool {
+		st, _ := sw.PortStats("v1")
+		return st.RxFrames == sent
+	})
+	elapsed := time.Since(start)
+	st, _ := sw.PortStats("v1")
+	passed := sent - int(st.Drops["broadcast-limit"])
+	if bound := rate + int(rate*elapsed.Seconds()) + 1; passed > bound || passed < rate {
+		t.Fatalf("%d of %d broadcast frames passed in %v; want %d to %d", passed, sent, elapsed, rate, bound)
+	}
+	// Unicast from the storming VM and broadcasts of another VM pass.
+	peer.Inject(bridgetest.Frame(mac(1), mac(3), nil)) // the star learns mac(3)
+	storm.Inject(bridgetest.Frame(mac(3), mac(1), nil))
+	quiet.Inject(bridgetest.Frame(bridge.Broadcast, mac(2), nil))
+	waitFor(t, "unicast and the other VM's broadcast", func() bool {
+		st1, _ := sw.PortStats("v1")
+		st2, _ := sw.PortStats("v2")
+		sst, _ := sw.PortStats("s1")
+		return st1.RxFrames == sent+1 && st2.RxFrames == 1 && sst.TxFrames >= uint64(passed)+2
+	})
+	if st2, _ := sw.PortStats("v2"); st2.Drops["broadcast-limit"] != 0 {
+		t.Fatalf("v2's broadcast was limited: %v", st2.Drops)
+	}
+	if st, _ := sw.PortStats("v1"); int(st.Drops["broadcast-limit"]) != sent-passed {
+		t.Fatalf("v1 drops %v after its unicast, want only the %d broadcast-limit drops", st.Drops, sent-passed)
+	}
+}
+
 func TestMACTableBounded(t *testing.T) {
 	sw := bridge.New(bridge.Config{MaxMACs: 16})
 	defer sw.Close()
@@ -367,5 +410,16 @@ func TestAccessRules(t *testing.T) {
 	}
 	if got := keys(r.send("v1", mac(1), mac(3))); got != "[]" {
 		t.Fatalf("deny tied with link:f1: went to %s", got)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
