@@ -176,7 +176,12 @@ func TestUDPJoinedIdentity(t *testing.T) {
 	defer b.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
+	// The acceptor is gone before the test returns: a link it made reads
+	// the package's keepalive timers, which later tests change.
+	accepted := make(chan struct{})
+	defer func() { cancel(); <-accepted }()
 	go func() {
+		defer close(accepted)
 		for {
 			in, err := b.Accept(ctx)
 			if err != nil {
