@@ -220,6 +220,14 @@ func BenchmarkScale(b *testing.B) {
 	time.Sleep(sample)
 	cpu1, rssTraffic, _ := procUsage(proxy.Process.Pid)
 	cpuPct := 100 * float64(cpu1-cpu0) / float64(sample)
+	if path := os.Getenv("VNET_SCALE_HEAP"); path != "" { // the proxy's heap profile, for go tool pprof
+		if resp, err := http.Get(strings.TrimSuffix(api, "api/v1/") + "debug/pprof/heap"); err == nil {
+			var buf bytes.Buffer
+			buf.ReadFrom(resp.Body)
+			resp.Body.Close()
+			os.WriteFile(path, buf.Bytes(), 0o644)
+		}
+	}
 
 	// A plan of nHosts fast links (a ring of hosts), all at once.
 	for h := 1; h <= nHosts; h++ {
