@@ -1,6 +1,7 @@
 package appliance
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -157,5 +158,31 @@ func (n *testNet) logSwitches() {
 	}
 	for _, st := range n.proxy.sw.Stats() {
 		n.t.Logf("proxy %s: rx %d tx %d drops %v", st.Name, st.RxFrames, st.TxFrames, st.Drops)
+	}
+}
+
+func TestOtherFamily(t *testing.T) {
+	addrs := []string{"192.0.2.1", "198.51.100.1", "2001:db8::1", "fe80::1", "::1", "127.0.0.1", "fd00::1", "junk", "::ffff:203.0.113.1"}
+	cases := []struct {
+		star string
+		dual bool
+		want string
+	}{
+		{"192.0.2.1", true, "[2001:db8::1 fd00::1]"},
+		{"192.0.2.1", false, "[]"}, // an IPv4 socket cannot probe IPv6
+		{"2001:db8::1", true, "[192.0.2.1 198.51.100.1 203.0.113.1]"},
+		{"2001:db8::1", false, "[]"}, // bound to one IPv6 address
+		{"127.0.0.1", true, "[::1]"},
+		{"::1", true, "[127.0.0.1]"},
+	}
+	for _, c := range cases {
+		got := otherFamily(netip.MustParseAddr(c.star), addrs, c.dual)
+		if s := fmt.Sprint(got); s != c.want && !(len(got) == 0 && c.want == "[]") {
+			t.Errorf("otherFamily(%s, dual=%v) = %s, want %s", c.star, c.dual, s, c.want)
+		}
+	}
+	many := []string{"2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8::4", "2001:db8::5"}
+	if got := otherFamily(netip.MustParseAddr("192.0.2.1"), many, true); len(got) != maxOtherFamily {
+		t.Errorf("otherFamily took %d addresses, want at most %d", len(got), maxOtherFamily)
 	}
 }
