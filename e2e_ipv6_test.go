@@ -189,7 +189,9 @@ func (e *e2eNet) daemons6(t *testing.T) {
 }
 
 // ctl6 is ctl against the proxy's API on [::1].
-func (e *e2eNet) ctl6(v any, args ...string) error { return e.ctlAt(e.nsProxy, e2e6ProxyAPI, v, args...) }
+func (e *e2eNet) ctl6(v any, args ...string) error {
+	return e.ctlAt(e.nsProxy, e2e6ProxyAPI, v, args...)
+}
 
 // vmsIPv6 checks that the proxy lists the VMs with the IPv6 addresses the
 // switches saw in their NDP.
