@@ -188,6 +188,12 @@ func (h *Host) routes() *http.ServeMux {
 		if h.mux != nil {
 			st.UDP = h.mux.Stats()
 		}
+		h.mu.Lock()
+		st.NAT = string(h.mu.nat.Mapping)
+		for _, ap := range h.mu.nat.Reflexive {
+			st.Reflexive = append(st.Reflexive, ap.String())
+		}
+		h.mu.Unlock()
 		for _, l := range h.hostLinks() {
 			if l.State == "up" {
 				st.LinksUp++

@@ -30,7 +30,10 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-var loopback = []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}, {Kind: "udp", Addr: "127.0.0.1:0"}}
+var (
+	loopback  = []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}, {Kind: "udp", Addr: "127.0.0.1:0"}}
+	loopback6 = []tunnel.Endpoint{{Kind: "tcp", Addr: "[::1]:0"}, {Kind: "udp", Addr: "[::1]:0"}}
+)
 
 type testVM struct {
 	*netvm.VM
@@ -47,6 +50,7 @@ type testNet struct {
 	hosts   map[string]*Host
 	vms     []*testVM
 	hostAPI bool // hosts serve the control API on loopback
+	v6      bool // underlay on ::1 and VMs on fd77::/64 (newTestNet6)
 }
 
 // newTestNet starts a proxy and nHosts hosts with vmsPer netstack VMs each,
@@ -75,9 +79,13 @@ func (n *testNet) addHosts(nHosts, vmsPer int, acct infer.AccountConfig) {
 		name := fmt.Sprintf("h%d", h)
 		var ports []LocalPort
 		for v := 1; v <= vmsPer; v++ {
+			addr := netip.MustParsePrefix(fmt.Sprintf("10.77.0.%d/24", h*10+v))
+			if n.v6 {
+				addr = netip.MustParsePrefix(fmt.Sprintf("fd77::%d/64", h*10+v))
+			}
 			vm, err := netvm.New(netvm.Config{
 				MAC:  net.HardwareAddr{0x52, 0x54, 0, 0, byte(h), byte(v)},
-				Addr: netip.MustParsePrefix(fmt.Sprintf("10.77.0.%d/24", h*10+v)),
+				Addr: addr,
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -91,8 +99,12 @@ func (n *testNet) addHosts(nHosts, vmsPer int, acct infer.AccountConfig) {
 			// Through a cable, so that a test can migrate the VM.
 			ports = append(ports, LocalPort{Name: fmt.Sprintf("vm%d", v), Port: vm.Plug()})
 		}
+		listen := loopback
+		if n.v6 {
+			listen = loopback6
+		}
 		hc := HostConfig{Name: name, Proxies: []tunnel.Endpoint{n.proxyEP}, Key: n.key,
-			Listen: loopback, Ports: ports, Infer: acct}
+			Listen: listen, Ports: ports, Infer: acct}
 		if n.hostAPI {
 			hc.API = "127.0.0.1:0"
 		}
@@ -125,6 +137,9 @@ func (n *testNet) startProxy(addrs []string) {
 	var eps []tunnel.Endpoint
 	for i, k := range kinds {
 		a := "127.0.0.1:0"
+		if n.v6 {
+			a = "[::1]:0"
+		}
 		if addrs != nil {
 			a = addrs[i]
 		}

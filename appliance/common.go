@@ -57,8 +57,10 @@ func localVMs(sw *bridge.Switch, host string) []VMInfo {
 			continue
 		}
 		vm := VMInfo{MAC: e.MAC.String(), Host: host, Port: e.Port, IPs: []string{}}
-		if e.IP.IsValid() {
-			vm.IPs = append(vm.IPs, e.IP.String())
+		for _, ip := range []netip.Addr{e.IP, e.IP6} {
+			if ip.IsValid() {
+				vm.IPs = append(vm.IPs, ip.String())
+			}
 		}
 		out = append(out, vm)
 	}

@@ -109,6 +109,7 @@ type Host struct {
 		via       map[string]string // how each fast link was made: direct, punched, relayed
 		fails     map[string]int    // consecutive failed attempts per fast link
 		stunPorts []uint16
+		stunAddrs []string
 		nat       nat.Result
 		announced string                 // JSON of the MACs last announced on fast links
 		ports     map[string]bridge.Port // VM-facing ports, by name
@@ -397,6 +398,7 @@ func (h *Host) applyConfig(c hostConfig) {
 	}
 	var drop []*tunnel.Link
 	h.mu.Lock()
+<<<<<<< HEAD
 	if c.Revoked != nil && !reflect.DeepEqual(*c.Revoked, h.creds.GetRevoked()) {
 		h.creds.SetRevoked(*c.Revoked)
 		h.log.Info("revoked hosts updated", "names", c.Revoked.Names)
@@ -409,6 +411,10 @@ func (h *Host) applyConfig(c hostConfig) {
 	}
 	if !slices.Equal(h.mu.stunPorts, c.STUNPorts) {
 		h.mu.stunPorts = c.STUNPorts
+=======
+	if !slices.Equal(h.mu.stunPorts, c.STUNPorts) || !slices.Equal(h.mu.stunAddrs, c.STUNAddrs) {
+		h.mu.stunPorts, h.mu.stunAddrs = c.STUNPorts, c.STUNAddrs
+>>>>>>> ipv6
 		h.triggerSTUN()
 	}
 	for name := range h.mu.desired {

@@ -71,22 +71,56 @@ func (h *Host) routineSTUN() {
 }
 
 // stunServers are the proxy's STUN ports on the address we reach it at,
-// then the --stun servers.
+// then on its addresses of the other IP family (so that a host learns its
+// IPv6 mapping beside its IPv4 one, or the reverse), then the --stun
+// servers.
 func (h *Host) stunServers() []netip.AddrPort {
 	h.mu.Lock()
-	star, ports := h.mu.star, h.mu.stunPorts
+	star, ports, addrs := h.mu.star, h.mu.stunPorts, h.mu.stunAddrs
 	h.mu.Unlock()
 	var out []netip.AddrPort
 	if star != nil {
 		if ip := addrIP(star.RemoteAddr()); ip.IsValid() {
-			for _, p := range ports {
-				out = append(out, netip.AddrPortFrom(ip, p))
+			for _, a := range append([]netip.Addr{ip}, otherFamily(ip, addrs, h.mux.DualStack())...) {
+				for _, p := range ports {
+					out = append(out, netip.AddrPortFrom(a, p))
+				}
 			}
 		}
 	}
 	for _, s := range h.cfg.STUN {
 		if ua, err := net.ResolveUDPAddr("udp", s); err == nil {
 			out = append(out, ua.AddrPort())
+		}
+	}
+	return out
+}
+
+// maxOtherFamily bounds the proxy addresses of the other family probed.
+const maxOtherFamily = 4
+
+// otherFamily picks from the proxy's STUN addresses those of the family
+// that star (the address we reach the proxy at) is not: loopback ones only
+// if star is loopback too, never link-local ones (they need a zone), and
+// only from a dual-stack socket (one bound to a single address, or to
+// IPv4's, reaches one family).
+func otherFamily(star netip.Addr, addrs []string, dualStack bool) []netip.Addr {
+	if !dualStack {
+		return nil
+	}
+	var out []netip.Addr
+	for _, s := range addrs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			continue
+		}
+		a = a.Unmap()
+		if a.Is4() == star.Is4() || a.IsLoopback() != star.IsLoopback() || a.IsLinkLocalUnicast() ||
+			a.IsUnspecified() || a.IsMulticast() {
+			continue
+		}
+		if out = append(out, a); len(out) == maxOtherFamily {
+			break
 		}
 	}
 	return out

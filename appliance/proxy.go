@@ -74,6 +74,7 @@ type Proxy struct {
 	lns       []tunnel.Acceptor
 	stun      nat.Server
 	stunPorts []uint16 // where the proxy answers STUN: its UDP link port, then a second port
+	stunAddrs []string // the IP addresses it answers STUN on (all of the machine's if unbound)
 	api       *apiServer
 	start     time.Time
 	reported  chan struct{} // a host reported new pairs or quiet ones: re-evaluate soon
@@ -270,6 +271,11 @@ func (p *Proxy) listen(ep tunnel.Endpoint) (tunnel.Acceptor, error) {
 			return nil, err
 		}
 		p.stunPorts = []uint16{addrPort(mux.Addr()), addrPort(alt.LocalAddr())}
+		for _, c := range candidateAddrs(mux.Addr(), true) {
+			if ap, err := netip.ParseAddrPort(c); err == nil {
+				p.stunAddrs = append(p.stunAddrs, ap.Addr().String())
+			}
+		}
 		return &closeBoth{Acceptor: mux, also: alt}, nil
 	}
 	return nil, fmt.Errorf("unknown link kind %q", ep.Kind)
@@ -492,8 +498,12 @@ func (p *Proxy) adoptLocked(rec *hostRec) bool {
 
 // configLocked computes host name's share of the desired state.
 func (p *Proxy) configLocked(name string) hostConfig {
+<<<<<<< HEAD
 	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts,
 		Revoked: p.revokedList()}
+=======
+	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts, STUNAddrs: p.stunAddrs}
+>>>>>>> ipv6
 	for _, ln := range sortedKeys(p.mu.links) {
 		l := p.mu.links[ln]
 		if l.A != name && l.B != name {

@@ -126,6 +126,10 @@ type Status struct {
 	// proxy's STUN answers and refusals.
 	UDP  map[string]uint64 `json:"udp,omitempty"`
 	STUN map[string]uint64 `json:"stun,omitempty"`
+	// NAT and Reflexive (a host): its NAT's mapping behaviour and its UDP
+	// socket's addresses as STUN servers saw them, IPv4 and IPv6.
+	NAT       string   `json:"nat,omitempty"`
+	Reflexive []string `json:"reflexive,omitempty"`
 }
 
 // ApplyResult is the answer to `apply`.
@@ -189,9 +193,13 @@ type hostConfig struct {
 	Links     []fastLink `json:"links"`
 	Rules     []RuleInfo `json:"rules"`
 	STUNPorts []uint16   `json:"stun_ports,omitempty"` // the proxy's STUN ports, on the proxy's address
+<<<<<<< HEAD
 	// Revoked lists the hosts cut off (vnet ctl hosts revoke): refuse them,
 	// close links to them.
 	Revoked *tunnel.Revoked `json:"revoked,omitempty"`
+=======
+	STUNAddrs []string   `json:"stun_addrs,omitempty"` // the IPs they answer on: hosts probe the other family there too
+>>>>>>> ipv6
 }
 
 type lookupReq struct {

@@ -27,8 +27,9 @@ const (
 type macEntry struct {
 	port   *portState
 	origin origin
-	seen   atomic.Int64 // unix nanoseconds of the last frame from this MAC
-	ip     atomic.Pointer[netip.Addr]
+	seen   atomic.Int64               // unix nanoseconds of the last frame from this MAC
+	ip     atomic.Pointer[netip.Addr] // IPv4, from ARP
+	ip6    atomic.Pointer[netip.Addr] // IPv6, from NDP
 }
 
 // macTable maps MACs to ports. Lookups take a read lock; the write lock is
@@ -181,8 +182,12 @@ func (t *macTable) setIP(mac MAC, ip netip.Addr) {
 	e := t.entries[mac]
 	t.mu.RUnlock()
 	if e != nil {
-		if old := e.ip.Load(); old == nil || *old != ip {
-			e.ip.Store(&ip)
+		p := &e.ip
+		if ip.Is6() {
+			p = &e.ip6
+		}
+		if old := p.Load(); old == nil || *old != ip {
+			p.Store(&ip)
 		}
 	}
 }
@@ -193,7 +198,8 @@ type MACEntry struct {
 	Port      string
 	Role      Role
 	Announced bool
-	IP        netip.Addr
+	IP        netip.Addr // IPv4 (from ARP), if seen
+	IP6       netip.Addr // IPv6 (from NDP, not link-local), if seen
 	Age       time.Duration
 }
 
@@ -209,6 +215,9 @@ func (t *macTable) snapshot(now int64) []MACEntry {
 			Age: time.Duration(now - e.seen.Load())}
 		if ip := e.ip.Load(); ip != nil {
 			me.IP = *ip
+		}
+		if ip := e.ip6.Load(); ip != nil {
+			me.IP6 = *ip
 		}
 		out = append(out, me)
 	}

@@ -437,9 +437,8 @@ func (r *reader) forward(f *frame, now int64) bool {
 		in.c.drops[DropBroadcastLimit].Add(1)
 		return false
 	}
-	if in.role == RoleLocal && binary.BigEndian.Uint16(d[12:14]) == 0x0806 && n >= 14+28 {
-		// ARP from a VM: note its IPv4 address for `vnet ctl vms`.
-		if ip, ok := netip.AddrFromSlice(d[14+14 : 14+18]); ok && !ip.IsUnspecified() {
+	if in.role == RoleLocal {
+		if ip, ok := vmAddr(d[:n]); ok {
 			s.macs.setIP(src, ip)
 		}
 	}
@@ -798,4 +797,30 @@ func (s *Switch) Lookup(in string, src, dst MAC) Decision {
 		d.Roles = append(d.Roles, p.role)
 	}
 	return d
+}
+
+// vmAddr is the IP address a VM announces in frame, for `vnet ctl vms`:
+// the sender's IPv4 address of an ARP packet, or the source address of an
+// NDP neighbour solicitation or advertisement (ICMPv6 135, 136) that is
+// neither unspecified (duplicate address detection) nor link-local.
+func vmAddr(d []byte) (netip.Addr, bool) {
+	switch binary.BigEndian.Uint16(d[12:14]) {
+	case 0x0806:
+		if len(d) < 14+28 {
+			return netip.Addr{}, false
+		}
+		ip := netip.AddrFrom4([4]byte(d[14+14 : 14+18]))
+		return ip, !ip.IsUnspecified()
+	case 0x86dd:
+		const ip6 = 14
+		if len(d) < ip6+40+4 || d[ip6]>>4 != 6 || d[ip6+6] != 58 {
+			return netip.Addr{}, false
+		}
+		if t := d[ip6+40]; t != 135 && t != 136 {
+			return netip.Addr{}, false
+		}
+		ip := netip.AddrFrom16([16]byte(d[ip6+8 : ip6+24]))
+		return ip, !ip.IsUnspecified() && !ip.IsLinkLocalUnicast() && !ip.IsMulticast() && !ip.Is4In6()
+	}
+	return netip.Addr{}, false
 }

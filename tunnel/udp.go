@@ -409,6 +409,16 @@ func (m *UDPMux) start() {
 // Addr is the bound address (a *net.UDPAddr).
 func (m *UDPMux) Addr() net.Addr { return m.laddr }
 
+// DualStack reports whether the socket reaches both IPv4 and IPv6 peers
+// (an AF_INET6 socket not bound to one IPv6 address).
+func (m *UDPMux) DualStack() bool {
+	if !m.is6 {
+		return false
+	}
+	ua, ok := m.laddr.(*net.UDPAddr)
+	return ok && (ua.IP == nil || ua.IP.IsUnspecified())
+}
+
 // Accept returns the next peer whose handshake init authenticated. The
 // caller must answer it (Incoming.Accept or Refuse) within HandshakeTimeout.
 func (m *UDPMux) Accept(ctx context.Context) (*Incoming, error) {
