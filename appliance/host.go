@@ -398,7 +398,6 @@ func (h *Host) applyConfig(c hostConfig) {
 	}
 	var drop []*tunnel.Link
 	h.mu.Lock()
-<<<<<<< HEAD
 	if c.Revoked != nil && !reflect.DeepEqual(*c.Revoked, h.creds.GetRevoked()) {
 		h.creds.SetRevoked(*c.Revoked)
 		h.log.Info("revoked hosts updated", "names", c.Revoked.Names)
@@ -409,12 +408,8 @@ func (h *Host) applyConfig(c hostConfig) {
 			drop = append(drop, l)
 		}
 	}
-	if !slices.Equal(h.mu.stunPorts, c.STUNPorts) {
-		h.mu.stunPorts = c.STUNPorts
-=======
 	if !slices.Equal(h.mu.stunPorts, c.STUNPorts) || !slices.Equal(h.mu.stunAddrs, c.STUNAddrs) {
 		h.mu.stunPorts, h.mu.stunAddrs = c.STUNPorts, c.STUNAddrs
->>>>>>> ipv6
 		h.triggerSTUN()
 	}
 	for name := range h.mu.desired {

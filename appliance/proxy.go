@@ -271,7 +271,7 @@ func (p *Proxy) listen(ep tunnel.Endpoint) (tunnel.Acceptor, error) {
 			return nil, err
 		}
 		p.stunPorts = []uint16{addrPort(mux.Addr()), addrPort(alt.LocalAddr())}
-		for _, c := range candidateAddrs(mux.Addr(), true) {
+		for _, c := range candidateAddrs(mux.Addr(), true, ownDevices(p.cfg.Ports)) {
 			if ap, err := netip.ParseAddrPort(c); err == nil {
 				p.stunAddrs = append(p.stunAddrs, ap.Addr().String())
 			}
@@ -498,12 +498,8 @@ func (p *Proxy) adoptLocked(rec *hostRec) bool {
 
 // configLocked computes host name's share of the desired state.
 func (p *Proxy) configLocked(name string) hostConfig {
-<<<<<<< HEAD
 	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts,
-		Revoked: p.revokedList()}
-=======
-	c := hostConfig{Links: []fastLink{}, Rules: ruleInfos(name, p.mu.rules[name]), STUNPorts: p.stunPorts, STUNAddrs: p.stunAddrs}
->>>>>>> ipv6
+		STUNAddrs: p.stunAddrs, Revoked: p.revokedList()}
 	for _, ln := range sortedKeys(p.mu.links) {
 		l := p.mu.links[ln]
 		if l.A != name && l.B != name {

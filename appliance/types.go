@@ -193,13 +193,10 @@ type hostConfig struct {
 	Links     []fastLink `json:"links"`
 	Rules     []RuleInfo `json:"rules"`
 	STUNPorts []uint16   `json:"stun_ports,omitempty"` // the proxy's STUN ports, on the proxy's address
-<<<<<<< HEAD
 	// Revoked lists the hosts cut off (vnet ctl hosts revoke): refuse them,
 	// close links to them.
-	Revoked *tunnel.Revoked `json:"revoked,omitempty"`
-=======
-	STUNAddrs []string   `json:"stun_addrs,omitempty"` // the IPs they answer on: hosts probe the other family there too
->>>>>>> ipv6
+	Revoked   *tunnel.Revoked `json:"revoked,omitempty"`
+	STUNAddrs []string        `json:"stun_addrs,omitempty"` // the IPs they answer on: hosts probe the other family there too
 }
 
 type lookupReq struct {
