@@ -432,6 +432,9 @@ func printStatus(w io.Writer, st appliance.Status) {
 	}
 	if st.Role == "host" {
 		table(w, "proxy\t%s (%s)", st.Proxy, st.ProxyState)
+		if st.NAT != "" || len(st.Reflexive) > 0 {
+			table(w, "nat\t%s %s", st.NAT, strings.Join(st.Reflexive, " "))
+		}
 	} else {
 		table(w, "hosts\t%d up of %d", st.HostsUp, st.HostsKnown)
 	}

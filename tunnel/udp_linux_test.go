@@ -15,10 +15,21 @@ import (
 // takes them coalesced (UDP_GRO), and checks that readBatch hands out
 // every datagram, whole and in order, across batches smaller than what
 // one coalesced message holds.
+// TestUDPOffloadRoundTrip sends runs of datagrams with UDP_SEGMENT and
+// receives them with UDP_GRO, over IPv4 and IPv6 loopback.
 func TestUDPOffloadRoundTrip(t *testing.T) {
+	for _, c := range []struct{ name, network, ip string }{{"ipv4", "udp4", "127.0.0.1"}, {"ipv6", "udp6", "::1"}} {
+		t.Run(c.name, func(t *testing.T) { testUDPOffloadRoundTrip(t, c.network, net.ParseIP(c.ip)) })
+	}
+}
+
+func testUDPOffloadRoundTrip(t *testing.T, network string, ip net.IP) {
 	open := func() (*net.UDPConn, *linuxUDPIO) {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		c, err := net.ListenUDP(network, &net.UDPAddr{IP: ip})
 		if err != nil {
+			if ip.To4() == nil {
+				t.Skipf("no IPv6 loopback: %v", err)
+			}
 			t.Fatal(err)
 		}
 		tuneUDPSocket(c)

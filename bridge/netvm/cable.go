@@ -3,6 +3,7 @@ package netvm
 import (
 	"encoding/binary"
 	"net"
+	"net/netip"
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -69,7 +70,9 @@ func (c *Cable) VM() *VM { return c.vm }
 // address), as QEMU does after a live migration: every switch on the
 // segment learns where the VM's MAC is now, and neighbours refresh their
 // ARP caches. A router-mode VM without an address of its own announces
-// 0.0.0.0, which still moves its MAC.
+// 0.0.0.0, which still moves its MAC. An IPv6 VM (whose ARP says 0.0.0.0)
+// then sends an unsolicited neighbour advertisement for its address, so
+// that its neighbours' NDP caches move too.
 func (v *VM) Announce() {
 	f := make([]byte, 42)
 	copy(f[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
@@ -87,9 +90,55 @@ func (v *VM) Announce() {
 	}
 	copy(a[14:18], ip[:])
 	copy(a[24:28], ip[:]) // target = sender: gratuitous
+	v.send(f)
+	if v.prefix.Addr().Is6() {
+		v.send(unsolicitedNA(v.mac, v.prefix.Addr()))
+	}
+}
+
+// send queues one frame the VM sends by itself.
+func (v *VM) send(f []byte) {
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
 	var l stack.PacketBufferList
 	l.PushBack(pkt)
 	v.link.WritePackets(l) // the queue holds its own reference; a full one is counted
 	pkt.DecRef()
+}
+
+// unsolicitedNA is IPv6's gratuitous ARP (RFC 4861 7.2.6): a neighbour
+// advertisement for addr with the override flag and mac as the target's
+// link-layer address, from addr to all nodes (ff02::1), hop limit 255.
+func unsolicitedNA(mac net.HardwareAddr, addr netip.Addr) []byte {
+	const icmpLen = 4 + 4 + 16 + 8 // header, flags, target, target link-layer option
+	f := make([]byte, 14+40+icmpLen)
+	copy(f[0:6], []byte{0x33, 0x33, 0, 0, 0, 1})
+	copy(f[6:12], mac)
+	binary.BigEndian.PutUint16(f[12:], 0x86dd)
+	ip := f[14:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], icmpLen)
+	ip[6], ip[7] = 58, 255 // ICMPv6, hop limit
+	src, dst := addr.As16(), netip.IPv6LinkLocalAllNodes().As16()
+	copy(ip[8:24], src[:])
+	copy(ip[24:40], dst[:])
+	m := ip[40:]
+	m[0] = 136                               // neighbour advertisement
+	binary.BigEndian.PutUint32(m[4:], 1<<29) // override
+	copy(m[8:24], src[:])                    // target
+	m[24], m[25] = 2, 1                      // target link-layer address, 8 bytes
+	copy(m[26:32], mac)
+	// Checksum over the pseudo-header (addresses, length, next header) and
+	// the message.
+	var sum uint32
+	for _, b := range [][]byte{ip[8:40], m} {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+	}
+	sum += icmpLen + 58
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(m[2:], ^uint16(sum))
+	return f
 }
