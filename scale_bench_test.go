@@ -9,6 +9,7 @@ package main
 //	go test -run XXX -bench Scale -benchtime 1x .              (64 hosts x 8 VMs)
 //	VNET_SCALE_HOSTS=16 VNET_SCALE_VMS=4 go test -run XXX -bench Scale -benchtime 1x .
 //	VNET_SCALE_PROXY_FLAGS=--offload=false ...    (flags for the proxy)
+//	VNET_SCALE_HEAP=/tmp/heap.pb [VNET_SCALE_HEAPQ=?debug=1]  (the proxy's heap profile under traffic)
 
 import (
 	"bytes"
@@ -221,7 +222,7 @@ func BenchmarkScale(b *testing.B) {
 	cpu1, rssTraffic, _ := procUsage(proxy.Process.Pid)
 	cpuPct := 100 * float64(cpu1-cpu0) / float64(sample)
 	if path := os.Getenv("VNET_SCALE_HEAP"); path != "" { // the proxy's heap profile, for go tool pprof
-		if resp, err := http.Get(strings.TrimSuffix(api, "api/v1/") + "debug/pprof/heap"); err == nil {
+		if resp, err := http.Get(strings.TrimSuffix(api, "api/v1/") + "debug/pprof/heap"+os.Getenv("VNET_SCALE_HEAPQ")); err == nil {
 			var buf bytes.Buffer
 			buf.ReadFrom(resp.Body)
 			resp.Body.Close()

@@ -312,11 +312,22 @@ type cacheKey [12]byte
 // grow it without limit).
 const maxCache = 4096
 
+// superBatch bounds the batch of a port that takes super-frames (see
+// routineRead).
+const superBatch = 4
+
 // routineRead reads batches from one port and hands every frame to its
 // outputs' queues.
 func (s *Switch) routineRead(in *portState) {
 	defer in.wg.Done()
 	bs := max(in.port.BatchSize(), 1)
+	if in.offload {
+		// Every slot of an offloading port's batch holds a 64 KB buffer, so
+		// a full batch would pin 4 MB per link: a proxy with 64 hosts held
+		// 150 MB in readers alone. Four super-frames are 256 KB a read,
+		// which is already more than a syscall's worth.
+		bs = min(bs, superBatch)
+	}
 	frames := make([]*frame, bs)
 	bufs := make([][]byte, bs)
 	sizes := make([]int, bs)
