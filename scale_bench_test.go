@@ -222,7 +222,7 @@ func BenchmarkScale(b *testing.B) {
 	cpu1, rssTraffic, _ := procUsage(proxy.Process.Pid)
 	cpuPct := 100 * float64(cpu1-cpu0) / float64(sample)
 	if path := os.Getenv("VNET_SCALE_HEAP"); path != "" { // the proxy's heap profile, for go tool pprof
-		if resp, err := http.Get(strings.TrimSuffix(api, "api/v1/") + "debug/pprof/heap"+os.Getenv("VNET_SCALE_HEAPQ")); err == nil {
+		if resp, err := http.Get(strings.TrimSuffix(api, "api/v1/") + "debug/pprof/heap" + os.Getenv("VNET_SCALE_HEAPQ")); err == nil {
 			var buf bytes.Buffer
 			buf.ReadFrom(resp.Body)
 			resp.Body.Close()
