@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 
 	"vnet/appliance"
 	"vnet/bridge"
@@ -31,7 +32,11 @@ addresses in CIDR by DHCP (router, DNS and MTU included), answers DNS at its
 address by relaying to this machine's resolvers, and carries the VMs' TCP and
 UDP to the real network through its own sockets (userspace NAT). A VM reaches
 this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
-127.0.0.1:22 here). ICMP is not carried.`)
+127.0.0.1:22 here). ICMP is not carried. Give an IPv6 prefix too
+(--netstack 10.0.0.1/24,fd00:1::1/64) and the gateway also sends router
+advertisements: the prefix (a /64 lets the VMs pick their own addresses), itself
+as default router and DNS server, and the MTU; its IPv6 address reaches [::1]
+here.`)
 	listen := fs.StringArray("listen", []string{"tcp://:5000", "udp://:5000", "quic://:5001"},
 		"where hosts connect (repeatable): tcp://[ADDR]:PORT, udp://... (also answers STUN, with a\n"+
 			"second STUN port next to it) or quic://...")
@@ -46,7 +51,8 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
 	offload := fs.Bool("offload", true, "TAP devices take TCP segments of up to 64 KB, which cross links to hosts that take them whole (false: 1514-byte frames everywhere)")
 	netstack := fs.String("netstack", "", "be the segment's gateway without root: CIDR is the segment and the gateway's\n"+
-		"address in it (10.0.0.1/24; a bare network 10.0.0.0/24 takes its first address)")
+		"address in it (10.0.0.1/24; a bare network 10.0.0.0/24 takes its first address);\n"+
+		"add ,IPV6CIDR (10.0.0.1/24,fd00:1::1/64) for IPv6 by router advertisements")
 	forwards := fs.StringArray("forward", nil, "with --netstack, publish a VM service here: PROTO:[ADDR:]PORT=VMIP:PORT,\n"+
 		"e.g. tcp:8080=10.0.0.5:80 (every interface) or udp:127.0.0.1:5353=10.0.0.5:53 (repeatable)")
 	dnsServers := fs.StringArray("dns", nil, "with --netstack, relay DNS to this resolver IP[:PORT] (repeatable; default:\n"+
@@ -155,12 +161,24 @@ func parseEndpoints(flag string, urls []string) ([]tunnel.Endpoint, error) {
 func portErr(flag, arg string, err error) error { return fmt.Errorf("%s %s: %w", flag, arg, err) }
 
 // openGateway builds the --netstack gateway from the proxy's flags.
-func openGateway(cidr string, forwards, dnsServers []string, mtu int, log *slog.Logger) (*gateway.Gateway, error) {
-	prefix, err := netip.ParsePrefix(cidr)
-	if err != nil {
-		return nil, usageErr("--netstack %q: want a CIDR such as 10.0.0.1/24", cidr)
+func openGateway(cidrs string, forwards, dnsServers []string, mtu int, log *slog.Logger) (*gateway.Gateway, error) {
+	cfg := gateway.Config{MTU: mtu, Log: log}
+	for _, cidr := range strings.Split(cidrs, ",") {
+		prefix, err := netip.ParsePrefix(strings.TrimSpace(cidr))
+		switch {
+		case err != nil:
+			return nil, usageErr("--netstack %q: want a CIDR such as 10.0.0.1/24, and optionally ,fd00:1::1/64", cidr)
+		case prefix.Addr().Is4() && !cfg.Prefix.IsValid():
+			cfg.Prefix = prefix
+		case prefix.Addr().Is6() && !cfg.Prefix6.IsValid():
+			cfg.Prefix6 = prefix
+		default:
+			return nil, usageErr("--netstack %q: want one IPv4 CIDR and at most one IPv6 CIDR", cidrs)
+		}
 	}
-	cfg := gateway.Config{Prefix: prefix, MTU: mtu, Log: log}
+	if !cfg.Prefix.IsValid() {
+		return nil, usageErr("--netstack %q: an IPv4 CIDR is required (IPv6 comes beside it: 10.0.0.1/24,fd00:1::1/64)", cidrs)
+	}
 	for _, f := range forwards {
 		fw, err := gateway.ParseForward(f)
 		if err != nil {

@@ -3,7 +3,7 @@
 // proxy's switch like any VM, that
 //
 //   - hands out addresses, the router, the DNS server and the MTU by DHCP
-//     (dhcp.go);
+//     (dhcp.go), and for an IPv6 prefix by router advertisements (ra.go);
 //   - answers DNS at its own address by relaying queries to the proxy
 //     machine's resolvers (dns.go);
 //   - carries the VMs' TCP and UDP to the real network through the proxy's
@@ -44,8 +44,14 @@ const (
 type Config struct {
 	// Prefix is the segment and the gateway's place in it: 10.0.0.1/24
 	// puts the gateway at 10.0.0.1; a bare network (10.0.0.0/24) puts it
-	// at the first address. IPv4 only.
+	// at the first address. IPv4.
 	Prefix netip.Prefix
+	// Prefix6, if valid, makes the segment dual-stack: the gateway's IPv6
+	// address and prefix (fd00:1::1/64; a bare prefix puts the gateway at
+	// ::1). It is announced in router advertisements, with the gateway as
+	// default router and DNS server; a /64 lets the VMs configure their
+	// own addresses (SLAAC).
+	Prefix6 netip.Prefix
 	// MAC is the gateway's NIC address (default: a locally administered
 	// address derived from Prefix, stable across restarts).
 	MAC net.HardwareAddr
@@ -79,22 +85,27 @@ type Stats struct {
 	DNSQueries   uint64 `json:"dns_queries"`    // queries relayed
 	DHCPLeases   uint64 `json:"dhcp_leases"`    // ACKs sent
 	DHCPBad      uint64 `json:"dhcp_bad"`       // malformed or unanswerable DHCP messages
+	RAs          uint64 `json:"ras"`            // router advertisements sent
+	RSs          uint64 `json:"rss"`            // router solicitations received
 	ForwardConns uint64 `json:"forward_conns"`  // connections / flows through --forward
 	ForwardFails uint64 `json:"forward_failed"` // ... that could not reach the VM
 }
 
 type counters struct {
-	tcpConns, tcpRefused, udpFlows, udpDropped, dnsQueries, dhcpLeases, dhcpBad, fwdConns, fwdFails atomic.Uint64
+	tcpConns, tcpRefused, udpFlows, udpDropped, dnsQueries, dhcpLeases, dhcpBad, fwdConns, fwdFails, ras, rss atomic.Uint64
 }
 
 // Gateway is the router. It is a bridge.Port: attach it to the switch;
 // closing it (the switch does, when the port is removed) stops everything.
 type Gateway struct {
-	cfg    Config
-	vm     *netvm.VM
-	addr   netip.Addr
-	prefix netip.Prefix // masked
-	dhcp   *dhcpServer
+	cfg     Config
+	vm      *netvm.VM
+	addr    netip.Addr
+	prefix  netip.Prefix // masked
+	addr6   netip.Addr   // zero without Config.Prefix6
+	prefix6 netip.Prefix // masked
+	dhcp    *dhcpServer
+	ra      *advertiser // nil without Config.Prefix6
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -116,6 +127,13 @@ func New(cfg Config) (*Gateway, error) {
 	addr, prefix, err := gatewayAddr(cfg.Prefix)
 	if err != nil {
 		return nil, err
+	}
+	var addr6 netip.Addr
+	var prefix6 netip.Prefix
+	if cfg.Prefix6.IsValid() {
+		if addr6, prefix6, err = gatewayAddr6(cfg.Prefix6); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.MAC == nil {
 		cfg.MAC = derivedMAC(prefix)
@@ -140,15 +158,24 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	for _, f := range cfg.Forwards {
-		if !prefix.Contains(f.To.Addr()) || f.To.Addr() == addr {
-			return nil, fmt.Errorf("gateway: forward %s: %s is not a VM address in %s", f, f.To.Addr(), prefix)
+		to := f.To.Addr().Unmap()
+		if !(prefix.Contains(to) && to != addr) && !(prefix6.IsValid() && prefix6.Contains(to) && to != addr6) {
+			segs := prefix.String()
+			if prefix6.IsValid() {
+				segs += " or " + prefix6.String()
+			}
+			return nil, fmt.Errorf("gateway: forward %s: %s is not a VM address in %s", f, f.To.Addr(), segs)
 		}
 	}
-	vm, err := netvm.New(netvm.Config{MAC: cfg.MAC, Addr: netip.PrefixFrom(addr, prefix.Bits()), MTU: cfg.MTU, Router: true})
+	vcfg := netvm.Config{MAC: cfg.MAC, Addr: netip.PrefixFrom(addr, prefix.Bits()), MTU: cfg.MTU, Router: true}
+	if addr6.IsValid() {
+		vcfg.Addr6 = netip.PrefixFrom(addr6, prefix6.Bits())
+	}
+	vm, err := netvm.New(vcfg)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g := &Gateway{cfg: cfg, vm: vm, addr: addr, prefix: prefix}
+	g := &Gateway{cfg: cfg, vm: vm, addr: addr, prefix: prefix, addr6: addr6, prefix6: prefix6}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -166,9 +193,19 @@ func New(cfg Config) (*Gateway, error) {
 			return nil, err
 		}
 	}
+	if addr6.IsValid() {
+		g.ra = newAdvertiser(g)
+		if !g.goServe(g.ra.serve) {
+			return nil, net.ErrClosed
+		}
+	}
 	ok = true
 	cfg.Log.Info("netstack gateway up", "addr", addr, "segment", prefix, "mac", cfg.MAC.String(), "mtu", cfg.MTU,
 		"dns", fmt.Sprint(cfg.DNS), "forwards", len(cfg.Forwards))
+	if addr6.IsValid() {
+		cfg.Log.Info("netstack gateway: IPv6 by router advertisements", "addr", addr6, "segment", prefix6,
+			"router", vm.LinkLocal(), "slaac", prefix6.Bits() == 64)
+	}
 	return g, nil
 }
 
@@ -198,6 +235,26 @@ func gatewayAddr(p netip.Prefix) (netip.Addr, netip.Prefix, error) {
 	return a, masked, nil
 }
 
+// gatewayAddr6 splits p into the gateway's IPv6 address and the masked
+// prefix.
+func gatewayAddr6(p netip.Prefix) (netip.Addr, netip.Prefix, error) {
+	a := p.Addr()
+	if !a.Is6() || a.Is4In6() {
+		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("gateway: %s is not an IPv6 prefix", p)
+	}
+	if a.IsLinkLocalUnicast() || a.IsMulticast() || a.IsLoopback() {
+		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("gateway: %s: want a global or unique-local prefix (e.g. fd00:1::1/64)", p)
+	}
+	if p.Bits() < 16 || p.Bits() > 126 {
+		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("gateway: %s: want a prefix length from /16 to /126 (/64 for SLAAC)", p)
+	}
+	masked := p.Masked()
+	if a == masked.Addr() {
+		a = a.Next()
+	}
+	return a, masked, nil
+}
+
 // broadcast is the last address of an IPv4 prefix.
 func broadcast(p netip.Prefix) netip.Addr {
 	b := p.Masked().Addr().As4()
@@ -216,6 +273,14 @@ func derivedMAC(p netip.Prefix) net.HardwareAddr {
 // Addr is the gateway's address on the segment.
 func (g *Gateway) Addr() netip.Addr { return g.addr }
 
+// Addr6 is the gateway's IPv6 address on the segment (zero without
+// Config.Prefix6); its router advertisements come from LinkLocal.
+func (g *Gateway) Addr6() netip.Addr { return g.addr6 }
+
+// LinkLocal is the gateway's IPv6 link-local address, the VMs' default
+// router (zero without Config.Prefix6).
+func (g *Gateway) LinkLocal() netip.Addr { return g.vm.LinkLocal() }
+
 // MAC is the gateway's NIC address.
 func (g *Gateway) MAC() net.HardwareAddr { return g.vm.MAC() }
 
@@ -224,15 +289,25 @@ func (g *Gateway) Stats() Stats {
 	c := &g.stats
 	return Stats{TCPConns: c.tcpConns.Load(), TCPRefused: c.tcpRefused.Load(), UDPFlows: c.udpFlows.Load(),
 		UDPDropped: c.udpDropped.Load(), DNSQueries: c.dnsQueries.Load(), DHCPLeases: c.dhcpLeases.Load(),
-		DHCPBad: c.dhcpBad.Load(), ForwardConns: c.fwdConns.Load(), ForwardFails: c.fwdFails.Load()}
+		DHCPBad: c.dhcpBad.Load(), ForwardConns: c.fwdConns.Load(), ForwardFails: c.fwdFails.Load(),
+		RAs: c.ras.Load(), RSs: c.rss.Load()}
 }
 
 // Read, Write and BatchSize make the gateway a bridge.Port (its NIC).
 func (g *Gateway) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return g.vm.Read(bufs, sizes, offset)
 }
-func (g *Gateway) Write(bufs [][]byte, offset int) (int, error) { return g.vm.Write(bufs, offset) }
-func (g *Gateway) BatchSize() int                               { return g.vm.BatchSize() }
+func (g *Gateway) Write(bufs [][]byte, offset int) (int, error) {
+	if g.ra != nil {
+		for _, b := range bufs {
+			if isRouterSolicitation(b[offset:]) {
+				g.ra.solicited()
+			}
+		}
+	}
+	return g.vm.Write(bufs, offset)
+}
+func (g *Gateway) BatchSize() int { return g.vm.BatchSize() }
 
 // Close stops the servers, the NAT and the published ports, and waits for
 // their goroutines. Safe to call more than once.

@@ -19,15 +19,20 @@ import (
 // directly). ok is false for destinations not to be carried.
 func (g *Gateway) natTarget(dst netip.AddrPort) (target string, dns, ok bool) {
 	a := dst.Addr()
+	own := a == g.addr || (g.addr6.IsValid() && (a == g.addr6 || a == g.vm.LinkLocal()))
 	switch {
-	case a == g.addr && dst.Port() == 53:
+	case own && dst.Port() == 53:
 		if len(g.cfg.DNS) == 0 {
 			return "", true, false
 		}
 		return g.cfg.DNS[0].String(), true, true
-	case a == g.addr:
+	case own && a.Is6():
+		return netip.AddrPortFrom(netip.IPv6Loopback(), dst.Port()).String(), false, true
+	case own:
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), dst.Port()).String(), false, true
-	case g.prefix.Contains(a), !a.IsValid(), a.IsMulticast(), a.IsUnspecified(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+	case g.prefix.Contains(a), g.prefix6.IsValid() && g.prefix6.Contains(a),
+		!a.IsValid(), a.IsMulticast(), a.IsUnspecified(), a.Is6() && (a.IsLinkLocalUnicast() || a.IsLoopback()),
+		a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "", false, false
 	}
 	return dst.String(), false, true

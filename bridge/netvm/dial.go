@@ -29,7 +29,7 @@ func (v *VM) DialTCP(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
 	}
-	c, err := gonet.DialContextTCP(ctx, v.stack, fa, v.netProto)
+	c, err := gonet.DialContextTCP(ctx, v.stack, fa, protoOf(addr.Addr()))
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +57,7 @@ func (v *VM) DialUDP(addr netip.AddrPort) (net.Conn, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: "udp", Addr: net.UDPAddrFromAddrPort(addr), Err: err}
 	}
-	c, err := gonet.DialUDP(v.stack, nil, &fa, v.netProto)
+	c, err := gonet.DialUDP(v.stack, nil, &fa, protoOf(addr.Addr()))
 	if err != nil {
 		return nil, err
 	}
@@ -88,12 +88,13 @@ func (v *VM) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
 		return 0, fmt.Errorf("netvm: ping %s: %w", dst, err)
 	}
 	transProto, echoRequest, echoReply := icmp.ProtocolNumber4, uint8(header.ICMPv4Echo), uint8(header.ICMPv4EchoReply)
-	if v.netProto == ipv6Proto {
+	netProto := protoOf(dst)
+	if netProto == ipv6Proto {
 		transProto, echoRequest, echoReply = icmp.ProtocolNumber6, uint8(header.ICMPv6EchoRequest), uint8(header.ICMPv6EchoReply)
 	}
 
 	var wq waiter.Queue
-	ep, terr := v.stack.NewEndpoint(transProto, v.netProto, &wq)
+	ep, terr := v.stack.NewEndpoint(transProto, netProto, &wq)
 	if terr != nil {
 		return 0, fmt.Errorf("netvm: ping %s: %s", dst, terr)
 	}
@@ -161,7 +162,7 @@ func (v *VM) remote(a netip.Addr, port uint16) (tcpip.FullAddress, error) {
 	if !a.IsValid() {
 		return tcpip.FullAddress{}, errors.New("invalid address")
 	}
-	if a.Is4() != v.prefix.Addr().Is4() {
+	if a.Is4() != v.prefix.Addr().Is4() && !(a.Is6() && v.prefix6.IsValid()) {
 		return tcpip.FullAddress{}, errFamily
 	}
 	return tcpip.FullAddress{NIC: nicID, Addr: tcpipAddr(a), Port: port}, nil

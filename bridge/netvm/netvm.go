@@ -73,6 +73,15 @@ type Config struct {
 	// Gateway, if valid, is the next hop of a default route. It must be in
 	// Addr's subnet. Without it the VM reaches only its own subnet.
 	Gateway netip.Addr
+	// Addr6, if valid, is an IPv6 address and subnet beside an IPv4 Addr:
+	// the VM is then dual-stack. Its listeners stay on Addr; dialling and
+	// pinging pick the address of the destination's family. A router-mode
+	// VM with an IPv6 address also gets the link-local address derived
+	// from its MAC (LinkLocal), the source of its router advertisements.
+	Addr6 netip.Prefix
+	// Gateway6, if valid, is the next hop of a dual-stack VM's IPv6
+	// default route: an address in Addr6's subnet or a link-local one.
+	Gateway6 netip.Addr
 	// MTU is the IP MTU; 0 means DefaultMTU. Frames are MTU+14 bytes at
 	// most, both ways: longer frames given to Write are dropped.
 	MTU int
@@ -87,10 +96,12 @@ type Config struct {
 // implements bridge.Port. All methods are safe for concurrent use (Read and
 // Write each by one goroutine at a time, as bridge.Port says).
 type VM struct {
-	mac      net.HardwareAddr
-	prefix   netip.Prefix
-	mtu      int
-	netProto tcpip.NetworkProtocolNumber
+	mac       net.HardwareAddr
+	prefix    netip.Prefix
+	prefix6   netip.Prefix // a dual-stack VM's IPv6 address (Config.Addr6)
+	linkLocal netip.Addr   // a router's fe80:: address, if it has IPv6
+	mtu       int
+	netProto  tcpip.NetworkProtocolNumber
 
 	stack *stack.Stack
 	link  *linkEndpoint // below the Ethernet endpoint; owns the tx queue
@@ -122,12 +133,15 @@ func New(cfg Config) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := newStack(v.netProto, cfg.Router)
+	if cfg.Router && (v.netProto == ipv6Proto || v.prefix6.IsValid()) {
+		v.linkLocal = linkLocalOf(v.mac)
+	}
+	s, err := newStack(v.protos(), cfg.Router)
 	if err != nil {
 		return nil, err
 	}
 	v.stack = s
-	if err := v.attachNIC(cfg.Gateway); err != nil {
+	if err := v.attachNIC(cfg.Gateway, cfg.Gateway6); err != nil {
 		s.Destroy()
 		return nil, err
 	}
@@ -144,9 +158,29 @@ func New(cfg Config) (*VM, error) {
 		}
 		// Everything is on-link for the router: it answers from any
 		// address, and a reply's route is looked up from there.
-		s.AddRoute(tcpip.Route{Destination: emptySubnet(v.netProto), NIC: nicID})
+		for _, p := range v.protos() {
+			s.AddRoute(tcpip.Route{Destination: emptySubnet(p), NIC: nicID})
+		}
 	}
 	return v, nil
+}
+
+// protos are the VM's network protocols: its primary one, then IPv6 for a
+// dual-stack VM.
+func (v *VM) protos() []tcpip.NetworkProtocolNumber {
+	if v.prefix6.IsValid() {
+		return []tcpip.NetworkProtocolNumber{ipv4Proto, ipv6Proto}
+	}
+	return []tcpip.NetworkProtocolNumber{v.netProto}
+}
+
+// linkLocalOf is the modified EUI-64 link-local address of mac (RFC 4291
+// appendix A), what a Linux host would give the same NIC.
+func linkLocalOf(mac net.HardwareAddr) netip.Addr {
+	a := [16]byte{0: 0xfe, 1: 0x80}
+	a[8], a[9], a[10], a[11] = mac[0]^2, mac[1], mac[2], 0xff
+	a[12], a[13], a[14], a[15] = 0xfe, mac[3], mac[4], mac[5]
+	return netip.AddrFrom16(a)
 }
 
 // newVM validates cfg and returns a VM without a stack.
@@ -189,12 +223,33 @@ func newVM(cfg Config) (*VM, error) {
 	if addr.Is6() {
 		minMTU, netProto = minMTUv6, ipv6Proto
 	}
+	var prefix6 netip.Prefix
+	if cfg.Addr6.IsValid() {
+		a6 := cfg.Addr6.Addr()
+		switch {
+		case !addr.Is4():
+			return nil, fmt.Errorf("netvm: Addr6 %s needs an IPv4 Addr beside it (Addr is %s)", cfg.Addr6, cfg.Addr)
+		case !a6.Is6() || a6.Is4In6():
+			return nil, fmt.Errorf("netvm: Addr6 %s is not an IPv6 prefix", cfg.Addr6)
+		case a6.IsUnspecified() || a6.IsMulticast() || a6.IsLoopback() || a6.IsLinkLocalUnicast():
+			return nil, fmt.Errorf("netvm: Addr6 %s cannot be a host address", cfg.Addr6)
+		}
+		prefix6 = cfg.Addr6
+		minMTU = minMTUv6
+	}
+	if cfg.Gateway6.IsValid() {
+		gw := cfg.Gateway6
+		if !prefix6.IsValid() || !gw.Is6() || gw == prefix6.Addr() || !(prefix6.Contains(gw) || gw.IsLinkLocalUnicast()) {
+			return nil, fmt.Errorf("netvm: Gateway6 %s must be another address in Addr6's subnet %s, or link-local", gw, prefix6.Masked())
+		}
+	}
 	if mtu < minMTU || mtu > MaxMTU {
 		return nil, fmt.Errorf("netvm: MTU %d out of range [%d, %d]", mtu, minMTU, MaxMTU)
 	}
 	return &VM{
 		mac:      append(net.HardwareAddr(nil), cfg.MAC...),
 		prefix:   prefix,
+		prefix6:  prefix6,
 		mtu:      mtu,
 		netProto: netProto,
 		done:     make(chan struct{}),
@@ -202,31 +257,37 @@ func newVM(cfg Config) (*VM, error) {
 }
 
 // attachNIC creates the NIC, its address and the routes.
-func (v *VM) attachNIC(gateway netip.Addr) error {
+func (v *VM) attachNIC(gateway, gateway6 netip.Addr) error {
 	v.link = newLinkEndpoint(uint32(v.mtu+ethHeaderLen), tcpip.LinkAddress(v.mac), txQueueLen, &v.stats.txDropQueueFull)
 	v.eth = ethernet.New(v.link)
 	if err := v.stack.CreateNIC(nicID, v.eth); err != nil {
 		return fmt.Errorf("netvm: create NIC: %s", err)
 	}
-	pa := tcpip.ProtocolAddress{
-		Protocol: v.netProto,
-		AddressWithPrefix: tcpip.AddressWithPrefix{
-			Address:   tcpipAddr(v.prefix.Addr()),
-			PrefixLen: v.prefix.Bits(),
-		},
-	}
-	if err := v.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
-		return fmt.Errorf("netvm: add address %s: %s", v.prefix, err)
-	}
-	// The attached subnet is on-link; gVisor adds no route for it by
+	// The attached subnets are on-link; gVisor adds no route for them by
 	// itself.
-	routes := []tcpip.Route{{Destination: pa.AddressWithPrefix.Subnet(), NIC: nicID}}
+	var routes []tcpip.Route
+	for _, p := range []netip.Prefix{v.prefix, v.prefix6, netip.PrefixFrom(v.linkLocal, 64)} {
+		if !p.IsValid() {
+			continue
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(p.Addr()),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpipAddr(p.Addr()), PrefixLen: p.Bits()},
+		}
+		if err := v.stack.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+			return fmt.Errorf("netvm: add address %s: %s", p, err)
+		}
+		routes = append(routes, tcpip.Route{Destination: pa.AddressWithPrefix.Subnet(), NIC: nicID})
+	}
 	if gateway.IsValid() {
 		routes = append(routes, tcpip.Route{
 			Destination: emptySubnet(v.netProto),
 			Gateway:     tcpipAddr(gateway.Unmap()),
 			NIC:         nicID,
 		})
+	}
+	if gateway6.IsValid() {
+		routes = append(routes, tcpip.Route{Destination: emptySubnet(ipv6Proto), Gateway: tcpipAddr(gateway6), NIC: nicID})
 	}
 	v.stack.SetRouteTable(routes)
 	return nil
@@ -240,6 +301,18 @@ func (v *VM) Addr() netip.Addr { return v.prefix.Addr() }
 
 // Prefix returns the VM's address with the length of its subnet.
 func (v *VM) Prefix() netip.Prefix { return v.prefix }
+
+// Prefix6 returns a dual-stack VM's IPv6 address and subnet (Config.Addr6),
+// or the zero Prefix.
+func (v *VM) Prefix6() netip.Prefix { return v.prefix6 }
+
+// LinkLocal returns a router-mode VM's IPv6 link-local address, or the zero
+// Addr if it has none.
+func (v *VM) LinkLocal() netip.Addr { return v.linkLocal }
+
+// Emit sends frame f from the VM as if its stack had (a router's
+// advertisements, which gVisor does not make). f is copied.
+func (v *VM) Emit(f []byte) { v.send(f) }
 
 // MTU returns the IP MTU; frames are at most MTU()+14 bytes.
 func (v *VM) MTU() int { return v.mtu }
@@ -272,6 +345,14 @@ func (v *VM) isClosed() bool {
 	default:
 		return false
 	}
+}
+
+// protoOf is the network protocol of address a.
+func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Unmap().Is4() {
+		return ipv4Proto
+	}
+	return ipv6Proto
 }
 
 // tcpipAddr converts an unmapped netip.Addr.

@@ -34,10 +34,10 @@ const (
 	tcpTXBufMax = 6 << 20
 )
 
-// newStack builds the netstack of one VM for netProto (IPv4 or IPv6). Every
-// option is set explicitly, with its reason, so that a gVisor upgrade that
-// changes a default does not silently change vnet's VMs.
-func newStack(netProto tcpip.NetworkProtocolNumber, router bool) (*stack.Stack, error) {
+// newStack builds the netstack of one VM for its network protocols (IPv4,
+// IPv6 or both). Every option is set explicitly, with its reason, so that a
+// gVisor upgrade that changes a default does not silently change vnet's VMs.
+func newStack(protos []tcpip.NetworkProtocolNumber, router bool) (*stack.Stack, error) {
 	opts := stack.Options{
 		// HandleLocal: traffic from the VM to its own address stays inside
 		// the stack, as on a real host, instead of going out on the wire.
@@ -47,35 +47,37 @@ func newStack(netProto tcpip.NetworkProtocolNumber, router bool) (*stack.Stack, 
 		// UDP and TCP always; the other transports are chosen below.
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	}
-	switch netProto {
-	case ipv4Proto:
-		opts.NetworkProtocols = []stack.NetworkProtocolFactory{
-			// IGMP off: vnet floods multicast on the star anyway, so
-			// membership reports would only add traffic to the matrix
-			// that inference reads.
-			ipv4.NewProtocolWithOptions(ipv4.Options{IGMP: ipv4.IGMPOptions{Enabled: false}}),
-			// ARP resolves neighbours on the Ethernet NIC; the ethernet
-			// endpoint marks the NIC as needing resolution.
-			arp.NewProtocol,
+	for _, netProto := range protos {
+		switch netProto {
+		case ipv4Proto:
+			opts.NetworkProtocols = append(opts.NetworkProtocols,
+				// IGMP off: vnet floods multicast on the star anyway, so
+				// membership reports would only add traffic to the matrix
+				// that inference reads.
+				ipv4.NewProtocolWithOptions(ipv4.Options{IGMP: ipv4.IGMPOptions{Enabled: false}}),
+				// ARP resolves neighbours on the Ethernet NIC; the ethernet
+				// endpoint marks the NIC as needing resolution.
+				arp.NewProtocol,
+			)
+			// Ping sockets (ICMP echo from the VM); the stack answers echo
+			// requests itself either way.
+			opts.TransportProtocols = append(opts.TransportProtocols, icmp.NewProtocol4)
+		case ipv6Proto:
+			opts.NetworkProtocols = append(opts.NetworkProtocols,
+				// The zero Options keep the VM quiet and its address usable at
+				// once: no duplicate-address detection (vnet assigns the
+				// addresses, and DAD would hold the address tentative for a
+				// second), no router solicitations or RA handling (vnet has no
+				// routers; Config.Gateway is the only route), no MLD reports
+				// (multicast is flooded), no auto-generated link-local
+				// address. NDP itself (neighbour solicitation/advertisement)
+				// stays on: it is how the VM resolves MACs.
+				ipv6.NewProtocolWithOptions(ipv6.Options{}),
+			)
+			opts.TransportProtocols = append(opts.TransportProtocols, icmp.NewProtocol6)
+		default:
+			return nil, fmt.Errorf("netvm: unsupported network protocol %d", netProto)
 		}
-		// Ping sockets (ICMP echo from the VM); the stack answers echo
-		// requests itself either way.
-		opts.TransportProtocols = append(opts.TransportProtocols, icmp.NewProtocol4)
-	case ipv6Proto:
-		opts.NetworkProtocols = []stack.NetworkProtocolFactory{
-			// The zero Options keep the VM quiet and its address usable at
-			// once: no duplicate-address detection (vnet assigns the
-			// addresses, and DAD would hold the address tentative for a
-			// second), no router solicitations or RA handling (vnet has no
-			// routers; Config.Gateway is the only route), no MLD reports
-			// (multicast is flooded), no auto-generated link-local
-			// address. NDP itself (neighbour solicitation/advertisement)
-			// stays on: it is how the VM resolves MACs.
-			ipv6.NewProtocolWithOptions(ipv6.Options{}),
-		}
-		opts.TransportProtocols = append(opts.TransportProtocols, icmp.NewProtocol6)
-	default:
-		return nil, fmt.Errorf("netvm: unsupported network protocol %d", netProto)
 	}
 	s := stack.New(opts)
 	if err := setTCPOptions(s); err != nil {
