@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"strings"
 	"testing"
 	"time"
 
@@ -553,6 +554,17 @@ func TestConfig(t *testing.T) {
 		"v6 MTU":        func(c *Config) { c.Addr = netip.MustParsePrefix("fd00::1/64"); c.MTU = 1279 },
 		"gw off-subnet": func(c *Config) { c.Gateway = netip.MustParseAddr("10.0.1.1") },
 		"gw is self":    func(c *Config) { c.Gateway = netip.MustParseAddr("10.0.0.1") },
+		"v6 beside v6": func(c *Config) {
+			c.Addr, c.Addr6 = netip.MustParsePrefix("fd00::1/64"), netip.MustParsePrefix("fd01::1/64")
+		},
+		"Addr6 is v4":      func(c *Config) { c.Addr6 = netip.MustParsePrefix("10.1.0.1/24") },
+		"Addr6 link-local": func(c *Config) { c.Addr6 = netip.MustParsePrefix("fe80::1/64") },
+		"dual-stack MTU":   func(c *Config) { c.Addr6 = netip.MustParsePrefix("fd00::1/64"); c.MTU = 1279 },
+		"Gateway6 alone":   func(c *Config) { c.Gateway6 = netip.MustParseAddr("fd00::2") },
+		"Gateway6 off-subnet": func(c *Config) {
+			c.Addr6 = netip.MustParsePrefix("fd00::1/64")
+			c.Gateway6 = netip.MustParseAddr("fd01::2")
+		},
 	}
 	for name, mod := range bad {
 		c := good
@@ -573,6 +585,51 @@ func TestConfig(t *testing.T) {
 	}
 	if v.BatchSize() != BatchSize || v.MAC().String() != macA {
 		t.Errorf("BatchSize %d MAC %s", v.BatchSize(), v.MAC())
+	}
+}
+
+// TestDualStack: a VM with an IPv4 and an IPv6 address talks to an IPv4
+// VM and an IPv6 VM on the same wire, picking the family by destination.
+func TestDualStack(t *testing.T) {
+	checkLeaks(t)
+	d, err := New(Config{MAC: mustMAC(t, macA), Addr: netip.MustParsePrefix("10.0.0.1/24"),
+		Addr6: netip.MustParsePrefix("fd00::1/64")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if d.Prefix6() != netip.MustParsePrefix("fd00::1/64") || d.LinkLocal().IsValid() {
+		t.Fatalf("Prefix6 %s, LinkLocal %s (a plain VM has none)", d.Prefix6(), d.LinkLocal())
+	}
+	six := startVM(t, macB, "fd00::2/64")
+	wire(t, d, six)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := d.Ping(ctx, six.Addr()); err != nil {
+		t.Fatalf("IPv6 ping from the dual-stack VM: %v", err)
+	}
+	ln, err := six.ListenTCP(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	c, err := d.DialTCP(ctx, netip.AddrPortFrom(six.Addr(), 7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.LocalAddr().String(); !strings.HasPrefix(got, "[fd00::1]:") {
+		t.Fatalf("connection from %s, want the VM's IPv6 address", got)
+	}
+	if _, err := d.Ping(ctx, netip.MustParseAddr("fd01::9")); err == nil {
+		t.Fatal("ping off both subnets without a gateway succeeded")
 	}
 }
 
