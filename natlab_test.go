@@ -93,6 +93,8 @@ type natLinkJSON struct {
 	TxBytes uint64 `json:"tx_bytes"`
 	RxBytes uint64 `json:"rx_bytes"`
 	Error   string `json:"error"`
+	Path    string `json:"path"` // local | nat | public, a fast link that is up
+	Addr    string `json:"addr"` // the peer's underlay address it uses
 }
 
 // natStatusJSON is the part of `vnet ctl status --json` this test reads.
