@@ -717,6 +717,10 @@ func (l *natLab) caseA(t *testing.T) {
 	if x.Kind != "udp" {
 		t.Errorf("fast link h1-h2 is punched but of kind %q, want udp: %+v", x.Kind, x)
 	}
+	// Behind two NATs: through h2's mapping, the WAN address of its router.
+	if x.Path != "nat" || !strings.HasPrefix(x.Addr, h2.wan+":") {
+		t.Errorf("fast link h1-h2 path %q, addr %q; want nat, %s:*", x.Path, x.Addr, h2.wan)
+	}
 	t.Logf("PUNCH: fast link h1-h2 (eim-eim) up via %s (kind %s) %v after `vnet ctl link add h1 h2`",
 		x.Via, x.Kind, took.Round(time.Millisecond))
 	// The dialing host's own account (the poll above has ~100 ms resolution).

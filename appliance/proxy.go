@@ -589,8 +589,7 @@ func (p *Proxy) udpCandidatesLocked(name string) (addrs, reflexive []string) {
 // NAT, or on one LAN with the proxy.
 func (p *Proxy) samePublicLocked(a, b string) bool {
 	ra, rb := p.mu.hosts[a], p.mu.hosts[b]
-	return ra != nil && rb != nil && ra.link != nil && rb.link != nil && ra.addr.IsValid() &&
-		!ra.addr.IsLoopback() && ra.addr == rb.addr
+	return ra != nil && rb != nil && ra.addr.IsValid() && !ra.addr.IsLoopback() && ra.addr == rb.addr
 }
 
 func dedupe(in []string) []string {
