@@ -156,8 +156,8 @@ func candidateAddrs(bound net.Addr, withLoopback bool, own map[string]bool, extr
 	return out
 }
 
-// onLinkPrefixes lists this machine's interface prefixes (e.g.
-// 10.50.0.0/24), for nat.LocalCandidates: not those of the daemon's own
+// onLinkPrefixes lists this machine's interface addresses with their
+// prefix lengths (e.g. 10.50.0.2/24), for nat.LocalCandidates: not those of the daemon's own
 // devices (own), never link-local ones, loopback ones only withLoopback.
 func onLinkPrefixes(own map[string]bool, withLoopback bool) []netip.Prefix {
 	ifaces, _ := net.Interfaces()
@@ -176,7 +176,7 @@ func onLinkPrefixes(own map[string]bool, withLoopback bool) []netip.Prefix {
 			if ip.IsLinkLocalUnicast() || ip.IsMulticast() || (ip.IsLoopback() && !withLoopback) {
 				continue
 			}
-			out = append(out, pfx.Masked())
+			out = append(out, netip.PrefixFrom(ip.Unmap(), pfx.Bits()))
 		}
 	}
 	return out

@@ -37,8 +37,12 @@ type LocalHint struct {
 	// SamePublic: the proxy sees both ends at one public IP (their star
 	// links come from one address), which covers hosts without STUN.
 	SamePublic bool
-	// OnLink are this host's interface prefixes (e.g. 10.50.0.0/24): a peer
-	// address inside one is on this host's LAN.
+	// OnLink are this host's interface addresses with their prefix lengths
+	// (e.g. 10.50.0.2/24): a peer address inside one of the prefixes is on
+	// this host's LAN. A peer address equal to one of this host's own
+	// (docker0's 172.17.0.1 is on every Docker machine) is another
+	// machine's copy of a private address, never local (loopback aside:
+	// hosts on one machine share it).
 	OnLink []netip.Prefix
 }
 
@@ -69,6 +73,9 @@ func LocalCandidates(peer []netip.AddrPort, h LocalHint) ([]netip.AddrPort, stri
 			continue
 		}
 		seen[c] = true
+		if isOwn(ip, h.OnLink) {
+			continue
+		}
 		if p, ok := onLinkPrefix(ip, h.OnLink); ok {
 			if len(onLink) == 0 {
 				why = fmt.Sprintf("same subnet: the peer's %s is on this host's %s", ip, p)
@@ -107,10 +114,22 @@ func sharedPublic(h LocalHint) (netip.Addr, bool) {
 	return netip.Addr{}, h.SamePublic
 }
 
+func isOwn(ip netip.Addr, prefixes []netip.Prefix) bool {
+	if ip.IsLoopback() {
+		return false
+	}
+	for _, p := range prefixes {
+		if p.Addr().Unmap().WithZone("") == ip {
+			return true
+		}
+	}
+	return false
+}
+
 func onLinkPrefix(ip netip.Addr, prefixes []netip.Prefix) (netip.Prefix, bool) {
 	for _, p := range prefixes {
-		if p.IsValid() && p.Bits() > 0 && p.Contains(ip) {
-			return p.Masked(), true
+		if p = p.Masked(); p.IsValid() && p.Bits() > 0 && p.Contains(ip) {
+			return p, true
 		}
 	}
 	return netip.Prefix{}, false

@@ -73,6 +73,10 @@ func TestLocalCandidates(t *testing.T) {
 		{"loopback: hosts on one machine reach each other on lo",
 			aps("127.0.0.1:4001"), nat.LocalHint{OnLink: prefixes("127.0.0.1/8")}, aps("127.0.0.1:4001"), "same subnet"},
 		{"no candidates", nil, nat.LocalHint{SamePublic: true}, nil, ""},
+		{"a peer at one of this host's own addresses (docker0 everywhere) is not local",
+			aps("172.17.0.1:4000", "10.50.0.3:4000"),
+			nat.LocalHint{SamePublic: true, OnLink: prefixes("172.17.0.1/16", "10.50.0.2/24")},
+			aps("10.50.0.3:4000"), "same subnet: the peer's 10.50.0.3"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			in := slices.Clone(c.peer)
