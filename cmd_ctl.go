@@ -29,7 +29,10 @@ Commands:
   links                       star and fast-path links: state, bytes, and what the
                               traffic measured passively: path RTT, rates, capacity
                               (achievable throughput; "-" until a sender was
-                              backlogged or a receiver saw loss or queueing), loss
+                              backlogged or a receiver saw loss or queueing), loss;
+                              a fast link's PATH is local (the peer's LAN address:
+                              hosts behind one NAT or on one subnet), nat (through
+                              the peer's NAT mapping) or public, and its address
   rules                       forwarding rules on every host
   vms                         VMs (MACs) and where they are attached
   route SRC-MAC DST-MAC       the hop-by-hop path a frame takes right now
@@ -144,10 +147,14 @@ func runCtl(ctx context.Context, args []string) error {
 	case len(a) == 1 && cmd == "links":
 		var ls []appliance.LinkInfo
 		return c.show("links", &ls, func(w io.Writer) {
-			table(w, "NAME\tA\tB\tKIND\tROLE\tVIA\tSTATE\tRTT\tTX\tRX\tTX/S\tRX/S\tCAPACITY\tLOSS\tERROR")
+			table(w, "NAME\tA\tB\tKIND\tROLE\tVIA\tPATH\tSTATE\tRTT\tTX\tRX\tTX/S\tRX/S\tCAPACITY\tLOSS\tERROR")
 			for _, l := range ls {
-				table(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", l.Name, l.A, l.B, l.Kind, l.Role,
-					l.Via, l.State, rtt(l.RTTus), size(l.TxBytes), size(l.RxBytes), rate(l.TxMbps), rate(l.RxMbps),
+				path := "-"
+				if l.Path != "" {
+					path = strings.TrimSpace(l.Path + " " + l.Addr)
+				}
+				table(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", l.Name, l.A, l.B, l.Kind, l.Role,
+					l.Via, path, l.State, rtt(l.RTTus), size(l.TxBytes), size(l.RxBytes), rate(l.TxMbps), rate(l.RxMbps),
 					rate(l.CapacityMbps), loss(l.Loss, l.State), l.Error)
 			}
 		})

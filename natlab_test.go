@@ -93,6 +93,8 @@ type natLinkJSON struct {
 	TxBytes uint64 `json:"tx_bytes"`
 	RxBytes uint64 `json:"rx_bytes"`
 	Error   string `json:"error"`
+	Path    string `json:"path"` // local | nat | public, a fast link that is up
+	Addr    string `json:"addr"` // the peer's underlay address it uses
 }
 
 // natStatusJSON is the part of `vnet ctl status --json` this test reads.
@@ -714,6 +716,10 @@ func (l *natLab) caseA(t *testing.T) {
 	x, took := l.linkAdd(t, h1, h2, "", natPunchWait, "punched")
 	if x.Kind != "udp" {
 		t.Errorf("fast link h1-h2 is punched but of kind %q, want udp: %+v", x.Kind, x)
+	}
+	// Behind two NATs: through h2's mapping, the WAN address of its router.
+	if x.Path != "nat" || !strings.HasPrefix(x.Addr, h2.wan+":") {
+		t.Errorf("fast link h1-h2 path %q, addr %q; want nat, %s:*", x.Path, x.Addr, h2.wan)
 	}
 	t.Logf("PUNCH: fast link h1-h2 (eim-eim) up via %s (kind %s) %v after `vnet ctl link add h1 h2`",
 		x.Via, x.Kind, took.Round(time.Millisecond))

@@ -300,6 +300,11 @@ func testStarFastPathAndProxyRestart(t *testing.T, kind string) {
 		fast := n.linkInfo("h1-h2")
 		return fast.TxBytes >= 1<<20 && fast.RxBytes >= 1<<20
 	})
+	// Hosts on one machine share its loopback: the local path, made
+	// directly, to the peer's loopback address.
+	if fast := n.linkInfo("h1-h2"); fast.Via != "direct" || fast.Path != "local" || !strings.HasPrefix(fast.Addr, "127.0.0.1:") {
+		t.Errorf("fast link h1-h2 via %q, path %q, addr %q; want direct, local, 127.0.0.1:*", fast.Via, fast.Path, fast.Addr)
+	}
 
 	// Export, then apply the export: nothing changes.
 	if res, err := n.proxy.apply(n.proxy.export(), false); err != nil || len(res.Changes) != 0 {

@@ -156,6 +156,32 @@ func candidateAddrs(bound net.Addr, withLoopback bool, own map[string]bool, extr
 	return out
 }
 
+// onLinkPrefixes lists this machine's interface addresses with their
+// prefix lengths (e.g. 10.50.0.2/24), for nat.LocalCandidates: not those of the daemon's own
+// devices (own), never link-local ones, loopback ones only withLoopback.
+func onLinkPrefixes(own map[string]bool, withLoopback bool) []netip.Prefix {
+	ifaces, _ := net.Interfaces()
+	var out []netip.Prefix
+	for _, ifc := range ifaces {
+		if own[ifc.Name] || ifc.Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			pfx, err := netip.ParsePrefix(a.String())
+			if err != nil {
+				continue
+			}
+			ip := pfx.Addr()
+			if ip.IsLinkLocalUnicast() || ip.IsMulticast() || (ip.IsLoopback() && !withLoopback) {
+				continue
+			}
+			out = append(out, netip.PrefixFrom(ip.Unmap(), pfx.Bits()))
+		}
+	}
+	return out
+}
+
 // ownDevices names the network devices of ports, for candidateAddrs.
 func ownDevices(ports []LocalPort) map[string]bool {
 	own := map[string]bool{}

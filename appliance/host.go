@@ -35,6 +35,10 @@ var (
 	FastDialTimeout = 3 * time.Second
 	// PunchTimeout bounds one hole-punching attempt (both ends send at once).
 	PunchTimeout = 5 * time.Second
+	// LocalProbeTimeout bounds the probe of a peer's LAN addresses
+	// (nat.LocalCandidates) before its other candidates are tried: a LAN
+	// answers in well under a millisecond, so this is a few retries.
+	LocalProbeTimeout = time.Second
 	// RelayAfter is how many failed attempts turn a fast path into a
 	// relayed one (its traffic stays on the star); it is retried every
 	// RelayRetry.
@@ -107,6 +111,7 @@ type Host struct {
 		fast      map[string]*tunnel.Link // fast links that are up
 		fastErr   map[string]string
 		via       map[string]string // how each fast link was made: direct, punched, relayed
+		path      map[string]string // each fast link's underlay path: local, nat, public (nat.PathOf)
 		fails     map[string]int    // consecutive failed attempts per fast link
 		stunPorts []uint16
 		stunAddrs []string
@@ -157,6 +162,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	h.mu.fast = map[string]*tunnel.Link{}
 	h.mu.fastErr = map[string]string{}
 	h.mu.via = map[string]string{}
+	h.mu.path = map[string]string{}
 	h.mu.fails = map[string]int{}
 	h.kickSTUN = make(chan struct{}, 1)
 	h.ctx, h.cancel = context.WithCancel(context.Background())
@@ -425,6 +431,7 @@ func (h *Host) applyConfig(c hostConfig) {
 		}
 		delete(h.mu.fastErr, name)
 		delete(h.mu.via, name)
+		delete(h.mu.path, name)
 		delete(h.mu.fails, name)
 		h.log.Info("fast link removed", "link", name)
 	}
@@ -596,6 +603,7 @@ func (h *Host) fastLinkInfos() []LinkInfo {
 			Error: h.mu.fastErr[name]}
 		if l := h.mu.fast[name]; l != nil {
 			li.State, li.Kind, li.Error = "up", l.Kind(), ""
+			li.Path, li.Addr = h.mu.path[name], addrString(l.RemoteAddr())
 			setMeasured(&li, l)
 		} else if li.Via == "relayed" {
 			li.State = "up" // its traffic flows through the proxy, over the star

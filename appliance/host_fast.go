@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
 	"time"
 
 	"vnet/bridge"
@@ -39,7 +38,7 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 			return
 		}
 		start := time.Now()
-		link, via, err := h.dialFast(ctx, fl)
+		link, fp, err := h.dialFast(ctx, fl)
 		if link == nil && errors.Is(err, tunnel.ErrRefused) {
 			// The peer has not heard of the link yet: not a failed path.
 			h.sleepCtx(ctx, bo.Next())
@@ -56,6 +55,7 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 						"link", name, "err", err)
 				}
 				h.mu.via[name] = "relayed"
+				delete(h.mu.path, name)
 			}
 			h.mu.Unlock()
 			if ctx.Err() == nil {
@@ -70,10 +70,10 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 		}
 		h.mu.Lock()
 		h.mu.fails[name] = 0
-		h.mu.via[name] = via
+		h.mu.via[name], h.mu.path[name] = fp.via, fp.path
 		h.mu.Unlock()
-		h.log.Info("fast link made", "link", name, "kind", link.Kind(), "via", via,
-			"took", time.Since(start).Round(time.Millisecond))
+		h.log.Info("fast link made", "link", name, "kind", link.Kind(), "via", fp.via, "path", fp.path,
+			"addr", addrString(link.RemoteAddr()), "why", fp.why, "took", time.Since(start).Round(time.Millisecond))
 		up := time.Now()
 		h.runFast(name, link)
 		if time.Since(up) > 10*time.Second {
@@ -83,76 +83,161 @@ func (h *Host) routineDialFast(ctx context.Context, name string) {
 	}
 }
 
+// fastPath says how a fast link was made: via (direct, punched), its path
+// (nat.PathLocal, PathNAT, PathPublic) and why that path, for the log.
+type fastPath struct {
+	via, path, why string
+}
+
 // dialFast tries once to open fl, in the kind the proxy prefers first and
 // then the other: over UDP to the peer's candidates (all at once, so a NAT
 // mapping opened by the peer's punches lets us in), over TCP to each of its
-// TCP candidates. It says how the link was made.
-func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, string, error) {
+// TCP candidates. Either kind first probes, for LocalProbeTimeout, the
+// peer's candidates on a LAN this host shares (nat.LocalCandidates), so that
+// hosts behind one NAT talk over their private addresses rather than
+// through the NAT (which may not hairpin). It says how the link was made.
+func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, fastPath, error) {
 	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: fl.Name, Offload: !h.cfg.NoOffload}
 	order := []string{"tcp", "udp"}
 	if fl.Kind == "udp" {
 		order = []string{"udp", "tcp"}
 	}
+	hint := h.localHint(fl)
 	var errs []error
 	for _, kind := range order {
 		var l *tunnel.Link
-		var via string
+		var fp fastPath
 		var err error
 		switch {
 		case kind == "udp" && h.mux != nil && len(fl.UDPAddrs) > 0:
-			l, via, err = h.dialFastUDP(ctx, fl, hello)
+			l, fp, err = h.dialFastUDP(ctx, fl, hello, hint)
 		case kind == "tcp" && len(fl.TCPAddrs) > 0:
-			l, via, err = h.dialFastTCP(ctx, fl, hello)
+			l, fp, err = h.dialFastTCP(ctx, fl, hello, hint)
 		default:
 			continue
 		}
 		if err == nil {
-			return l, via, nil
+			return l, fp, nil
 		}
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
-		return nil, "", fmt.Errorf("no address known for %s yet", fl.Peer)
+		return nil, fastPath{}, fmt.Errorf("no address known for %s yet", fl.Peer)
 	}
-	return nil, "", errors.Join(errs...)
+	return nil, fastPath{}, errors.Join(errs...)
 }
 
-func (h *Host) dialFastUDP(ctx context.Context, fl fastLink, hello tunnel.Hello) (*tunnel.Link, string, error) {
-	// The peer may refuse at first: the proxy tells both ends about a new
-	// link at about the same time, and we may be first. Ask again until the
-	// punch time is up rather than give up at once.
+// localHint is what nat.LocalCandidates needs to know about fl's two ends.
+func (h *Host) localHint(fl fastLink) nat.LocalHint {
+	own := map[netip.Addr]bool{}
+	for _, ap := range h.localUDP() {
+		own[ap.Addr()] = true
+	}
+	hint := nat.LocalHint{SamePublic: fl.SamePublic,
+		OnLink: onLinkPrefixes(ownDevices(h.cfg.Ports), h.proxyOnLoopback())}
+	h.mu.Lock()
+	for _, r := range h.mu.nat.Reflexive {
+		if ip := r.Addr().Unmap(); !own[ip] {
+			hint.SelfPublic = append(hint.SelfPublic, ip)
+		}
+	}
+	h.mu.Unlock()
+	for _, r := range parseAddrPorts(fl.Reflexive) {
+		hint.PeerPublic = append(hint.PeerPublic, r.Addr())
+	}
+	return hint
+}
+
+func (h *Host) dialFastUDP(ctx context.Context, fl fastLink, hello tunnel.Hello, hint nat.LocalHint) (*tunnel.Link, fastPath, error) {
 	deadline := time.Now().Add(PunchTimeout)
+	all := parseAddrPorts(fl.UDPAddrs)
+	local, why := nat.LocalCandidates(all, hint)
+	if len(local) > 0 {
+		l, err := h.dialUDPUntil(ctx, local, hello, time.Now().Add(LocalProbeTimeout))
+		if err == nil {
+			return l, fastPath{via: "direct", path: nat.PathLocal, why: why + "; it answered the local probe"}, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fastPath{}, fmt.Errorf("udp: %w", err)
+		}
+		h.log.Info("local probe unanswered; trying the peer's other candidates", "link", fl.Name, "local", local,
+			"why", why, "err", err)
+		why = "the local probe (" + why + ") got no answer"
+	}
+	l, err := h.dialUDPUntil(ctx, all, hello, deadline)
+	if err != nil {
+		return nil, fastPath{}, fmt.Errorf("udp: %w", err)
+	}
+	remote, _ := netip.ParseAddrPort(addrString(l.RemoteAddr()))
+	fp := fastPath{via: "direct", path: nat.PathOf(remote, local, parseAddrPorts(fl.Reflexive)), why: why}
+	switch {
+	case fp.path == nat.PathLocal:
+		fp.why = "a LAN address answered first"
+	case fp.path == nat.PathNAT || h.behindNAT():
+		fp.via = "punched"
+	}
+	if fp.why == "" {
+		fp.why = "no LAN in common with the peer"
+	}
+	return l, fp, nil
+}
+
+// dialUDPUntil dials the peer at the candidates to until deadline. The
+// peer may refuse at first: the proxy tells both ends about a new link at
+// about the same time, and we may be first. Ask again until the deadline
+// rather than give up at once.
+func (h *Host) dialUDPUntil(ctx context.Context, to []netip.AddrPort, hello tunnel.Hello, deadline time.Time) (*tunnel.Link, error) {
 	for {
 		dctx, cancel := context.WithDeadline(ctx, deadline)
-		l, err := h.mux.Dial(dctx, parseAddrPorts(fl.UDPAddrs), hello, h.log, h.onFastControl)
+		l, err := h.mux.Dial(dctx, to, hello, h.log, h.onFastControl)
 		cancel()
 		if err == nil {
-			via := "direct"
-			if r := addrString(l.RemoteAddr()); slices.Contains(fl.Reflexive, r) || h.behindNAT() {
-				via = "punched"
-			}
-			return l, via, nil
+			return l, nil
 		}
 		if errors.Is(err, tunnel.ErrRefused) && time.Now().Add(100*time.Millisecond).Before(deadline) {
 			h.sleepCtx(ctx, 100*time.Millisecond)
 			continue
 		}
-		return nil, "", fmt.Errorf("udp: %w", err)
+		return nil, err
 	}
 }
 
-func (h *Host) dialFastTCP(ctx context.Context, fl fastLink, hello tunnel.Hello) (*tunnel.Link, string, error) {
+// dialFastTCP dials the peer's TCP candidates one after the other: those on
+// a LAN this host shares first, each for LocalProbeTimeout, then the others.
+func (h *Host) dialFastTCP(ctx context.Context, fl fastLink, hello tunnel.Hello, hint nat.LocalHint) (*tunnel.Link, fastPath, error) {
+	local, why := nat.LocalCandidates(parseAddrPorts(fl.TCPAddrs), hint)
+	isLocal := map[string]bool{}
+	var order []string
+	for _, a := range local {
+		isLocal[a.String()] = true
+		order = append(order, a.String())
+	}
+	for _, a := range fl.TCPAddrs {
+		if ap, err := netip.ParseAddrPort(a); err != nil || !isLocal[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()] {
+			order = append(order, a)
+		}
+	}
 	var errs []error
-	for _, addr := range fl.TCPAddrs {
-		dctx, cancel := context.WithTimeout(ctx, FastDialTimeout)
+	for _, addr := range order {
+		d := FastDialTimeout
+		if isLocal[addr] {
+			d = LocalProbeTimeout
+		}
+		dctx, cancel := context.WithTimeout(ctx, d)
 		l, err := tunnel.Dial(dctx, tunnel.Endpoint{Kind: "tcp", Addr: addr}, h.creds, hello, h.log, h.onFastControl)
 		cancel()
 		if err == nil {
-			return l, "direct", nil
+			fp := fastPath{via: "direct", path: nat.PathPublic, why: "no LAN in common with the peer"}
+			if isLocal[addr] {
+				fp.path, fp.why = nat.PathLocal, why+"; it answered"
+			} else if len(local) > 0 {
+				fp.why = "the peer's LAN addresses (" + why + ") did not answer"
+			}
+			return l, fp, nil
 		}
 		errs = append(errs, fmt.Errorf("tcp %s: %w", addr, err))
 	}
-	return nil, "", errors.Join(errs...)
+	return nil, fastPath{}, errors.Join(errs...)
 }
 
 // behindNAT reports whether STUN showed this host's UDP socket mapped by a NAT.
@@ -221,18 +306,44 @@ func (h *Host) routineAccept(ln tunnel.Acceptor) {
 		if err != nil {
 			continue
 		}
+		fp := h.acceptedPath(fl, link)
 		h.mu.Lock()
-		h.mu.via[fl.Name], h.mu.fails[fl.Name] = "direct", 0
-		if h.behindNATLocked() {
-			h.mu.via[fl.Name] = "punched"
-		}
+		h.mu.via[fl.Name], h.mu.path[fl.Name], h.mu.fails[fl.Name] = fp.via, fp.path, 0
 		h.mu.Unlock()
+		h.log.Info("fast link accepted", "link", fl.Name, "kind", link.Kind(), "via", fp.via, "path", fp.path,
+			"addr", addrString(link.RemoteAddr()), "why", fp.why)
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
 			h.runFast(fl.Name, link)
 		}()
 	}
+}
+
+// acceptedPath says how a fast link the peer dialed came in: over a LAN we
+// share when it comes from one of the dialer's candidates there, through
+// the dialer's NAT mapping, or from its own address.
+func (h *Host) acceptedPath(fl fastLink, link *tunnel.Link) fastPath {
+	remote, _ := netip.ParseAddrPort(addrString(link.RemoteAddr()))
+	local, why := nat.LocalCandidates(parseAddrPorts(fl.Punch), h.localHint(fl))
+	fp := fastPath{via: "direct", path: nat.PathOf(remote, local, parseAddrPorts(fl.Reflexive)), why: why}
+	switch {
+	case link.Kind() == "tcp":
+		// From an ephemeral port: the dialer's LAN IPs tell, and a NAT
+		// mapping is a UDP notion.
+		fp.path = nat.PathPublic
+		for _, a := range local {
+			if a.Addr() == remote.Addr().Unmap() {
+				fp.path = nat.PathLocal
+			}
+		}
+	case fp.path != nat.PathLocal && h.behindNAT():
+		fp.via = "punched"
+	}
+	if fp.path != nat.PathLocal {
+		fp.why = "not from one of the dialer's LAN addresses"
+	}
+	return fp
 }
 
 // runFast attaches a fast link, announces our VMs over it, and detaches it

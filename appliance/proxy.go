@@ -509,12 +509,13 @@ func (p *Proxy) configLocked(name string) hostConfig {
 		if l.B == name {
 			peer = l.A
 		}
-		fl := fastLink{Name: ln, Peer: peer, Kind: p.linkKindLocked(l), Dial: l.A == name}
+		fl := fastLink{Name: ln, Peer: peer, Kind: p.linkKindLocked(l), Dial: l.A == name,
+			SamePublic: p.samePublicLocked(name, peer)}
 		if fl.Dial {
 			fl.UDPAddrs, fl.Reflexive = p.udpCandidatesLocked(peer)
 			fl.TCPAddrs = p.tcpCandidatesLocked(peer)
 		} else {
-			fl.Punch, _ = p.udpCandidatesLocked(peer)
+			fl.Punch, fl.Reflexive = p.udpCandidatesLocked(peer)
 		}
 		c.Links = append(c.Links, fl)
 	}
@@ -568,13 +569,27 @@ func (p *Proxy) tcpCandidatesLocked(name string) []string {
 }
 
 // udpCandidatesLocked lists where host name receives UDP: its NAT mappings
-// (from STUN) first, then its local addresses; and which are mappings.
+// (from STUN) first, then its local addresses; and which are mappings (a
+// reflexive address that is one of its local ones is no mapping: no NAT).
 func (p *Proxy) udpCandidatesLocked(name string) (addrs, reflexive []string) {
 	rec := p.mu.hosts[name]
 	if rec == nil {
 		return nil, nil
 	}
-	return dedupe(append(append([]string(nil), rec.status.Reflexive...), rec.status.UDP...)), rec.status.Reflexive
+	for _, r := range rec.status.Reflexive {
+		if !slices.Contains(rec.status.UDP, r) {
+			reflexive = append(reflexive, r)
+		}
+	}
+	return dedupe(append(append([]string(nil), rec.status.Reflexive...), rec.status.UDP...)), reflexive
+}
+
+// samePublicLocked reports whether the proxy sees hosts a and b at one
+// address (not loopback, where every host on the machine is): behind one
+// NAT, or on one LAN with the proxy.
+func (p *Proxy) samePublicLocked(a, b string) bool {
+	ra, rb := p.mu.hosts[a], p.mu.hosts[b]
+	return ra != nil && rb != nil && ra.addr.IsValid() && !ra.addr.IsLoopback() && ra.addr == rb.addr
 }
 
 func dedupe(in []string) []string {

@@ -49,6 +49,13 @@ type LinkInfo struct {
 	TxBytes uint64 `json:"tx_bytes"`
 	RxBytes uint64 `json:"rx_bytes"`
 	Error   string `json:"error,omitempty"`
+	// Path (a fast link that is up): what the link's underlay path is,
+	// nat.PathLocal ("local": the peer's address on a shared LAN, nothing
+	// crosses a NAT), nat.PathNAT ("nat": a NAT mapping of the peer's) or
+	// nat.PathPublic ("public"); Addr the peer's underlay address it uses,
+	// as the reporting end (A for fast links) sees it.
+	Path string `json:"path,omitempty"`
+	Addr string `json:"addr,omitempty"`
 
 	// Passive measurement (tunnel.Measurement). Tx is what the reporting
 	// daemon sends (the proxy reports its star links and A the fast ones,
@@ -184,8 +191,11 @@ type fastLink struct {
 	Dial      bool     `json:"dial"`                // this host dials; the peer accepts
 	UDPAddrs  []string `json:"udp_addrs,omitempty"` // the peer's UDP candidates (dialer)
 	TCPAddrs  []string `json:"tcp_addrs,omitempty"` // the peer's TCP candidates (dialer)
-	Reflexive []string `json:"reflexive,omitempty"` // which of UDPAddrs are the peer's NAT mappings
+	Reflexive []string `json:"reflexive,omitempty"` // which of UDPAddrs (or Punch) are the peer's NAT mappings
 	Punch     []string `json:"punch,omitempty"`     // the dialer's UDP candidates (acceptor): open our NAT towards them
+	// SamePublic: the proxy sees both ends at one address (one NAT, or one
+	// LAN with the proxy): their private candidates are probed first.
+	SamePublic bool `json:"same_public,omitempty"`
 }
 
 // hostConfig is a host's share of the desired state.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/pion/stun/v3"
@@ -149,6 +151,68 @@ func FuzzClientHandle(f *testing.F) {
 		}
 		if p.res.Mapping != nat.MappingUnknown {
 			t.Fatalf("mapping %q from one answer", p.res.Mapping)
+		}
+	})
+}
+
+// FuzzLocalCandidates: whatever candidates, public IPs and prefixes a host
+// is handed (space-separated, as a proxy or a peer might report them), the
+// choice of local candidates never panics, picks only from the peer's
+// candidates, once each, never one of the peer's NAT mappings, gives a
+// reason exactly when it picks some, and PathOf calls every pick local.
+func FuzzLocalCandidates(f *testing.F) {
+	f.Add("203.0.113.50:4000 10.50.0.3:4000 [fd00::3]:4000", "203.0.113.50", "203.0.113.50", "10.50.0.2/24", false)
+	f.Add("[::ffff:10.0.0.1]:1 10.0.0.1:1 127.0.0.1:2 [fe80::1%eth0]:3", "", "", "0.0.0.0/0 127.0.0.1/8", true)
+	f.Add("100.64.0.1:9 192.168.1.2:0 0.0.0.0:1", "198.51.100.1", "198.51.100.2", "::/0", true)
+	f.Add("", "", "", "", false)
+	f.Fuzz(func(t *testing.T, peerS, selfPubS, peerPubS, onLinkS string, same bool) {
+		var peer []netip.AddrPort
+		for _, s := range strings.Fields(peerS) {
+			if a, err := netip.ParseAddrPort(s); err == nil {
+				peer = append(peer, a)
+			}
+		}
+		parseIPs := func(s string) []netip.Addr {
+			var out []netip.Addr
+			for _, f := range strings.Fields(s) {
+				if a, err := netip.ParseAddr(f); err == nil {
+					out = append(out, a)
+				}
+			}
+			return out
+		}
+		var onLink []netip.Prefix
+		for _, s := range strings.Fields(onLinkS) {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				onLink = append(onLink, p)
+			}
+		}
+		h := nat.LocalHint{SelfPublic: parseIPs(selfPubS), PeerPublic: parseIPs(peerPubS), SamePublic: same, OnLink: onLink}
+		got, why := nat.LocalCandidates(peer, h)
+		if (len(got) == 0) != (why == "") {
+			t.Fatalf("picked %v with reason %q", got, why)
+		}
+		norm := func(a netip.AddrPort) netip.AddrPort {
+			return netip.AddrPortFrom(a.Addr().Unmap().WithZone(""), a.Port())
+		}
+		seen := map[netip.AddrPort]bool{}
+		for _, g := range got {
+			if seen[g] {
+				t.Fatalf("%v picked twice: %v", g, got)
+			}
+			seen[g] = true
+			if !slices.ContainsFunc(peer, func(p netip.AddrPort) bool { return norm(p) == g }) {
+				t.Fatalf("picked %v, not one of the candidates %v", g, peer)
+			}
+			if slices.ContainsFunc(h.PeerPublic, func(a netip.Addr) bool { return a.Unmap().WithZone("") == g.Addr() }) {
+				t.Fatalf("picked the peer's NAT mapping %v", g)
+			}
+			if g.Port() == 0 || g.Addr().IsUnspecified() || g.Addr().IsLinkLocalUnicast() {
+				t.Fatalf("picked %v, which cannot be sent to", g)
+			}
+			if p := nat.PathOf(g, got, nil); p != nat.PathLocal {
+				t.Fatalf("PathOf(%v) = %q among the picks", g, p)
+			}
 		}
 	})
 }

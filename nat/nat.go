@@ -51,6 +51,12 @@
 //     to every candidate at once, so each side's outbound packet opens its own
 //     NAT for the other's (hole punching), and the first handshake that
 //     completes picks the address ("via": "punched", or "direct" with no NAT).
+//     Before that, the dialer probes briefly the peer's candidates on a LAN
+//     the two share ([LocalCandidates]: the same subnet, or private
+//     addresses behind one public IP), so that hosts behind one NAT talk
+//     over their private addresses instead of through a NAT that may not
+//     hairpin; [PathOf] names the path a link took ("path": "local", "nat",
+//     "public").
 //  5. If neither side can be reached — typically both endpoint-dependent, or
 //     UDP blocked — the fast path is carried over the star through the proxy
 //     ("via": "relayed"); the star is always there, so correctness never
