@@ -1,14 +1,23 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"os/signal"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 
 	"github.com/spf13/pflag"
+
+	"vnet/appliance"
+	"vnet/bridge"
 )
 
 // configHelp is the config file format, for the daemons' --help.
@@ -196,4 +205,142 @@ func flagValues(fs *pflag.FlagSet) map[string]string {
 	m := map[string]string{}
 	fs.VisitAll(func(f *pflag.Flag) { m[f.Name] = f.Value.String() })
 	return m
+}
+
+// reloader re-reads a daemon's config file on SIGHUP or `vnet ctl reload`.
+// The settings in live change while the daemon runs; any other setting
+// whose value changed is reported as needing a restart.
+type reloader struct {
+	args     []string              // the daemon's command line
+	define   func() *pflag.FlagSet // a fresh flag set of the daemon, unparsed
+	live     map[string]liveSetting
+	tokenNow string // the API token in force, to notice a new token in the same file
+
+	mu  sync.Mutex
+	cur map[string]string // the values in force
+}
+
+// liveSetting checks a new value in fs and returns how to put it in force;
+// an error leaves everything as it is.
+type liveSetting func(fs *pflag.FlagSet) (apply func() error, err error)
+
+func newReloader(args []string, define func() *pflag.FlagSet, running *pflag.FlagSet) *reloader {
+	return &reloader{args: args, define: define, cur: flagValues(running), live: map[string]liveSetting{}}
+}
+
+// setToken records the API token the daemon started with.
+func (r *reloader) setToken(tok string) { r.tokenNow = tok }
+
+// reload re-reads the config file; see appliance.ProxyConfig.ReloadSettings.
+func (r *reloader) reload() (applied, restart []string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fs := r.define()
+	fs.Usage = func() {}
+	if err := parseWithConfig(fs, r.args); err != nil {
+		return nil, nil, errors.New(strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+	}
+	next := flagValues(fs)
+	type step struct {
+		name  string
+		apply func() error
+	}
+	var steps []step
+	var names []string
+	for name := range next {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		set, ok := r.live[name]
+		changed := next[name] != r.cur[name]
+		if name == "api-token-file" && ok && !changed && next[name] != "" {
+			if tok, err := appliance.LoadAPIToken(next[name]); err == nil && tok != r.tokenNow {
+				changed = true // the same file, a new token
+			}
+		}
+		switch {
+		case !changed:
+		case !ok:
+			restart = append(restart, name)
+		default:
+			apply, err := set(fs)
+			if err != nil {
+				return nil, nil, err
+			}
+			steps = append(steps, step{name, apply})
+		}
+	}
+	// The API token goes first: it is the only step that can fail (the API
+	// refuses no token off loopback), and then nothing has changed.
+	sort.SliceStable(steps, func(i, j int) bool { return steps[i].name == "api-token-file" && steps[j].name != "api-token-file" })
+	for _, s := range steps {
+		if err := s.apply(); err != nil {
+			return nil, nil, err
+		}
+		r.cur[s.name] = next[s.name]
+		v := next[s.name]
+		if s.name == "api-token-file" {
+			v += " (token re-read)"
+		}
+		applied = append(applied, s.name+" = "+v)
+	}
+	return applied, restart, nil
+}
+
+// onSIGHUP calls reload on every SIGHUP until ctx ends.
+func onSIGHUP(ctx context.Context, reload func()) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(ch)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+				reload()
+			}
+		}
+	}()
+}
+
+// commonLive are the live settings of both daemons: the log level, the
+// broadcast rate of sw's VM ports, and the API token (setToken).
+func commonLive(r *reloader, sw func() *bridge.Switch, setToken func(string) error) {
+	r.live["log-level"] = func(fs *pflag.FlagSet) (func() error, error) {
+		s, _ := fs.GetString("log-level")
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(s)); err != nil {
+			return nil, fmt.Errorf("log-level %q: want debug, info, warn or error", s)
+		}
+		return func() error { logLevel.Set(l); return nil }, nil
+	}
+	r.live["broadcast-rate"] = func(fs *pflag.FlagSet) (func() error, error) {
+		n, _ := fs.GetInt("broadcast-rate")
+		if n < 0 {
+			return nil, fmt.Errorf("broadcast-rate %d: want frames a second, or 0 for no limit", n)
+		}
+		if n == 0 {
+			n = -1
+		}
+		return func() error { sw().SetBroadcastRate(n); return nil }, nil
+	}
+	r.live["api-token-file"] = func(fs *pflag.FlagSet) (func() error, error) {
+		path, _ := fs.GetString("api-token-file")
+		tok := ""
+		if path != "" {
+			var err error
+			if tok, err = appliance.LoadAPIToken(path); err != nil {
+				return nil, err
+			}
+		}
+		return func() error {
+			if err := setToken(tok); err != nil {
+				return err
+			}
+			r.tokenNow = tok
+			return nil
+		}, nil
+	}
 }

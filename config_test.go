@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,4 +115,42 @@ func FuzzConfigFile(f *testing.F) {
 			t.Fatalf("error %q does not name the file", err)
 		}
 	})
+}
+
+// A reload applies the live settings that changed, names the others, and on
+// a bad file or a bad live value changes nothing.
+func TestReloaderSettings(t *testing.T) {
+	path := writeConfig(t, "broadcast-rate = 10\nlisten = udp://:5000\n")
+	args := []string{"--config", path, "--api", "127.0.0.1:1"}
+	fs := testFlags()
+	if err := parseWithConfig(fs, args); err != nil {
+		t.Fatal(err)
+	}
+	r := newReloader(args, testFlags, fs)
+	rate := 10
+	r.live["broadcast-rate"] = func(fs *pflag.FlagSet) (func() error, error) {
+		n, _ := fs.GetInt("broadcast-rate")
+		if n < 0 {
+			return nil, errors.New("negative")
+		}
+		return func() error { rate = n; return nil }, nil
+	}
+	check := func(text, wantApplied, wantRestart, wantErr string, wantRate int) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		applied, restart, err := r.reload()
+		if fmt.Sprint(err) != wantErr && !(wantErr != "<nil>" && err != nil && strings.Contains(err.Error(), wantErr)) ||
+			strings.Join(applied, ",") != wantApplied || strings.Join(restart, ",") != wantRestart || rate != wantRate {
+			t.Fatalf("%q: applied %q restart %q err %v rate %d; want %q %q %q %d", text, applied, restart, err, rate,
+				wantApplied, wantRestart, wantErr, wantRate)
+		}
+	}
+	check("broadcast-rate = 10\nlisten = udp://:5000\n", "", "", "<nil>", 10)
+	check("broadcast-rate = 20\nlisten = udp://:5000\napi = 127.0.0.1:2\n", "broadcast-rate = 20", "", "<nil>", 20) // api: the command line wins
+	check("broadcast-rate = 20\nlisten = tcp://:443\n", "", "listen", "<nil>", 20)
+	check("broadcast-rate = -5\nlisten = udp://:5000\n", "", "", "negative", 20)
+	check("broadcast-rat = 5\n", "", "", path+`:1: unknown setting "broadcast-rat"`, 20)
+	check("listen = tcp://:443\n", "broadcast-rate = 1000", "listen", "<nil>", 1000) // the default again
 }

@@ -583,10 +583,6 @@ func (p *Proxy) reloadFailed(err error) error {
 	return &apiError{code, "reload failed, nothing changed: " + err.Error()}
 }
 
-// SetBroadcastRate changes the broadcast limit of the proxy's VM ports
-// (ProxyConfig.BroadcastRate) while it runs.
-func (p *Proxy) SetBroadcastRate(rate int) { p.sw.SetBroadcastRate(rate) }
-
 // SetAPIToken changes the token the control API requires ("": none, on
 // loopback only).
 func (p *Proxy) SetAPIToken(token string) error {
