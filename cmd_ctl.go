@@ -67,6 +67,10 @@ Commands:
   export                      print the live state in the topology language
   apply FILE                  make the desired state equal to FILE (- for stdin):
                               only the difference is applied, and printed
+  reload                      the proxy re-reads its --topology and --config files
+                              (as on SIGHUP) and applies only what changed; prints
+                              the changes, the settings applied and those that
+                              need a restart; a bad file changes nothing
 
 Examples:
   vnet ctl hosts
@@ -343,9 +347,40 @@ func runCtl(ctx context.Context, args []string) error {
 			fmt.Printf("%d change(s) applied\n", len(res.Changes))
 		}
 		return nil
+	case len(a) == 1 && cmd == "reload":
+		b, err := c.do(http.MethodPost, "reload", nil)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			os.Stdout.Write(b)
+			return nil
+		}
+		var res appliance.ReloadResult
+		if err := json.Unmarshal(b, &res); err != nil {
+			return fmt.Errorf("unexpected answer from the daemon: %v", err)
+		}
+		printReload(os.Stdout, res)
+		return nil
 	default:
 		return usageErr("unknown or incomplete command %q (see vnet ctl --help)", strings.Join(a, " "))
 	}
+}
+
+// printReload prints what a reload changed: topology changes as apply
+// prints them, then the settings.
+func printReload(w io.Writer, res appliance.ReloadResult) {
+	for _, ch := range res.Changes {
+		fmt.Fprintln(w, ch)
+	}
+	for _, s := range res.Applied {
+		fmt.Fprintln(w, "setting applied:", s)
+	}
+	if len(res.NeedsRestart) > 0 {
+		fmt.Fprintln(w, "needs a restart:", strings.Join(res.NeedsRestart, ", "))
+	}
+	fmt.Fprintf(w, "reloaded: %d topology change(s), %d setting(s) applied, %d need a restart\n",
+		len(res.Changes), len(res.Applied), len(res.NeedsRestart))
 }
 
 type ctlClient struct {

@@ -7,13 +7,32 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
 
 	"vnet/appliance"
 	"vnet/bridge"
+	"vnet/infer"
 	"vnet/tunnel"
 )
 
-func runHost(ctx context.Context, args []string) error {
+// hostOpts are vnet host's flags.
+type hostOpts struct {
+	config                                                             *string
+	name, keyFile, join, stateDir, api, tokenFile                      *string
+	proxies, listen, stun, taps, qemuSockets, qemuConnects, qemuDgrams *[]string
+	bcast                                                              *int
+	offload, noInfer                                                   *bool
+	reportEvery                                                        *time.Duration
+	mkAcct                                                             func() (infer.AccountConfig, error)
+	mkUDP                                                              func() tunnel.UDPOptions
+	mkLog                                                              func() (*slog.Logger, error)
+}
+
+// hostFlags defines vnet host's flags on a new flag set.
+func hostFlags() (*pflag.FlagSet, *hostOpts) {
+	o := &hostOpts{}
 	fs := newFlags("host", "--name NAME --proxy URL --key-file FILE [ports] [flags]\n  vnet host --join TOKEN --state-dir DIR [ports] [flags]", `
 Run a host daemon where VMs run. It dials the proxy (outbound only, so it
 passes NAT and firewalls that allow outbound traffic), trying the --proxy URLs
@@ -43,105 +62,138 @@ Examples:
   vnet host --join vnet1:eyJ2Ijox... --state-dir /var/lib/vnet --qemu-socket /tmp/vm1.sock
   vnet host --state-dir /var/lib/vnet --qemu-socket /tmp/vm1.sock   # restarts after joining
   sudo vnet host --name h1 --proxy tcp://203.0.113.5:5000 --key-file net.key --tap vm0
-  vnet host --name h2 --proxy tcp://203.0.113.5:5000 --key-file net.key --qemu-socket /tmp/vm1.sock`)
-	name := fs.String("name", "", "this host's name, unique in the network (required)")
-	proxies := fs.StringArray("proxy", nil, "the proxy as tcp://HOST:PORT, udp://HOST:PORT or quic://HOST:PORT\n"+
+  vnet host --name h2 --proxy tcp://203.0.113.5:5000 --key-file net.key --qemu-socket /tmp/vm1.sock
+
+SIGHUP re-reads --config FILE: broadcast-rate, api-token-file (also a new
+token in the same file) and log-level change live; any other setting that
+changed is logged as needing a restart (VM ports included).
+
+`+configHelp)
+	o.name = fs.String("name", "", "this host's name, unique in the network (required)")
+	o.proxies = fs.StringArray("proxy", nil, "the proxy as tcp://HOST:PORT, udp://HOST:PORT or quic://HOST:PORT\n"+
 		"(repeatable: tried in order, the first that works is used)")
-	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required unless joined with --join)")
-	join := fs.String("join", "", "join with an invite `TOKEN` from 'vnet ctl invite' on the proxy, instead of the network\n"+
+	o.keyFile = fs.String("key-file", "", "the network key, from 'vnet keygen' (required unless joined with --join)")
+	o.join = fs.String("join", "", "join with an invite `TOKEN` from 'vnet ctl invite' on the proxy, instead of the network\n"+
 		"key (needs --state-dir; the name and the proxy's addresses come from the token)")
-	stateDir := fs.String("state-dir", "", "`DIR` where a joined host keeps its credentials (0600, written atomically);\n"+
+	o.stateDir = fs.String("state-dir", "", "`DIR` where a joined host keeps its credentials (0600, written atomically);\n"+
 		"a host started with it after joining needs no token nor key")
-	listen := fs.StringArray("listen", nil,
+	o.listen = fs.StringArray("listen", nil,
 		"where other hosts connect for fast paths: at most one tcp:// and one udp:// (the UDP socket also\n"+
 			"carries udp:// star links, STUN and hole punching); port 0 picks a free port\n"+
 			"(default tcp://:0, plus udp://:0 when a --proxy is udp:// or quic://)")
-	stun := fs.StringArray("stun", nil, "an extra STUN server HOST:PORT (repeatable); the proxy's own are always used")
-	api := fs.String("api", "", "control API address for a local view, the dashboard and Prometheus /metrics (loopback only\n"+
+	o.stun = fs.StringArray("stun", nil, "an extra STUN server HOST:PORT (repeatable); the proxy's own are always used")
+	o.api = fs.String("api", "", "control API address for a local view, the dashboard and Prometheus /metrics (loopback only\n"+
 		"without --api-token-file), e.g. 127.0.0.1:7778")
-	tokenFile := fs.String("api-token-file", "", "require the token in `FILE` of every API request (Authorization: Bearer, or\n"+
+	o.tokenFile = fs.String("api-token-file", "", "require the token in `FILE` of every API request (Authorization: Bearer, or\n"+
 		"?token= in a browser); with it the API may listen beyond loopback")
-	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it")
-	qemuSockets := fs.StringArray("qemu-socket", nil, "listen on unix socket PATH for a QEMU stream netdev")
-	qemuConnects := fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
-	qemuDgrams := fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
-	mkAcct := accountFlags(fs)
-	mkUDP := mtuFlags(fs)
-	bcast := fs.Int("broadcast-rate", bridge.DefaultBroadcastRate, "broadcast and multicast frames a second each VM port may send (a burst of as many);\n"+
+	o.taps = fs.StringArray("tap", nil, "create TAP device NAME and attach it")
+	o.qemuSockets = fs.StringArray("qemu-socket", nil, "listen on unix socket PATH for a QEMU stream netdev")
+	o.qemuConnects = fs.StringArray("qemu-connect", nil, "dial the QEMU stream server at PATH, forever")
+	o.qemuDgrams = fs.StringArray("qemu-dgram", nil, "OURS:VM unix datagram socket pair for a QEMU dgram netdev")
+	o.mkAcct = accountFlags(fs)
+	o.mkUDP = mtuFlags(fs)
+	o.bcast = fs.Int("broadcast-rate", bridge.DefaultBroadcastRate, "broadcast and multicast frames a second each VM port may send (a burst of as many);\n"+
 		"more are dropped and counted as broadcast-limit, so one VM's storm cannot flood the network (0: no limit)")
-	offload := fs.Bool("offload", true, "TAP devices take the VM's TCP segments of up to 64 KB and unfinished checksums, which cross links to peers that take them whole (false: 1514-byte frames everywhere)")
-	noInfer := fs.Bool("no-infer", false, "do not account VM traffic (no inference; to measure what it costs)")
-	reportEvery := fs.Duration("infer-report-interval", appliance.ReportInterval, "push active VM pairs' traffic to the proxy this often\n"+
+	o.offload = fs.Bool("offload", true, "TAP devices take the VM's TCP segments of up to 64 KB and unfinished checksums, which cross links to peers that take them whole (false: 1514-byte frames everywhere)")
+	o.noInfer = fs.Bool("no-infer", false, "do not account VM traffic (no inference; to measure what it costs)")
+	o.reportEvery = fs.Duration("infer-report-interval", appliance.ReportInterval, "push active VM pairs' traffic to the proxy this often\n"+
 		"(VTTIF's update rate; a pair that turns active is reported at once anyway; shorter: a steadier\n"+
 		"global matrix for a little more control traffic)")
-	mkLog := logFlags(fs)
-	if err := parse(fs, args); err != nil {
+	o.mkLog = logFlags(fs)
+	o.config = fs.String("config", "", "read settings from `FILE` (see below); the command line wins; re-read on SIGHUP")
+	return fs, o
+}
+
+func runHost(ctx context.Context, args []string) error {
+	fs, o := hostFlags()
+	if err := parseWithConfig(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageErr("unexpected argument %q", fs.Arg(0))
 	}
-	if *join != "" && *stateDir == "" {
+	if *o.join != "" && *o.stateDir == "" {
 		return usageErr("--join needs --state-dir, where the host keeps the credentials it is given")
 	}
-	joined := *join != "" || appliance.HasIdentity(*stateDir)
-	if *join != "" && *keyFile != "" {
+	joined := *o.join != "" || appliance.HasIdentity(*o.stateDir)
+	if *o.join != "" && *o.keyFile != "" {
 		return usageErr("give --join or --key-file, not both")
 	}
-	if *name == "" && !joined {
+	if *o.name == "" && !joined {
 		return usageErr("--name is required")
 	}
-	if len(*proxies) == 0 && !joined {
+	if len(*o.proxies) == 0 && !joined {
 		return usageErr("--proxy is required (e.g. --proxy tcp://203.0.113.5:5000)")
 	}
-	log, err := mkLog()
+	log, err := o.mkLog()
 	if err != nil {
 		return err
 	}
 	var key tunnel.Key
 	if !joined {
-		if key, err = tunnel.LoadKeyFile(*keyFile); err != nil {
+		if key, err = tunnel.LoadKeyFile(*o.keyFile); err != nil {
 			return err
 		}
 	}
-	acct, err := mkAcct()
+	acct, err := o.mkAcct()
 	if err != nil {
 		return err
 	}
 	var token string
-	if *tokenFile != "" {
-		if token, err = appliance.LoadAPIToken(*tokenFile); err != nil {
+	if *o.tokenFile != "" {
+		if token, err = appliance.LoadAPIToken(*o.tokenFile); err != nil {
 			return err
 		}
 	}
-	cfg := appliance.HostConfig{Name: *name, Key: key, Join: *join, StateDir: *stateDir, API: *api, APIToken: token, STUN: *stun, Log: log, Infer: acct, NoInfer: *noInfer,
-		ReportInterval: *reportEvery}
-	if cfg.Proxies, err = parseEndpoints("--proxy", *proxies); err != nil {
+	cfg := appliance.HostConfig{Name: *o.name, Key: key, Join: *o.join, StateDir: *o.stateDir, API: *o.api, APIToken: token, STUN: *o.stun, Log: log, Infer: acct, NoInfer: *o.noInfer,
+		ReportInterval: *o.reportEvery}
+	if cfg.Proxies, err = parseEndpoints("--proxy", *o.proxies); err != nil {
 		return err
 	}
-	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
+	if cfg.Listen, err = parseEndpoints("--listen", *o.listen); err != nil {
 		return err
 	}
-	cfg.NoOffload, cfg.UDP = !*offload, mkUDP()
-	if cfg.BroadcastRate = *bcast; *bcast == 0 {
+	cfg.NoOffload, cfg.UDP = !*o.offload, o.mkUDP()
+	if cfg.BroadcastRate = *o.bcast; *o.bcast == 0 {
 		cfg.BroadcastRate = -1
-	} else if *bcast < 0 {
-		return usageErr("--broadcast-rate %d: want frames a second, or 0 for no limit", *bcast)
+	} else if *o.bcast < 0 {
+		return usageErr("--broadcast-rate %d: want frames a second, or 0 for no limit", *o.bcast)
 	}
-	ports, err := openPorts(*taps, *qemuSockets, *qemuConnects, *qemuDgrams, *offload, log)
+	ports, err := openPorts(*o.taps, *o.qemuSockets, *o.qemuConnects, *o.qemuDgrams, *o.offload, log)
 	if err != nil {
 		return err
 	}
 	cfg.Ports = ports
-	h, err := appliance.NewHost(cfg)
+	var h *appliance.Host
+	r := newReloader(args, func() *pflag.FlagSet { fs, _ := hostFlags(); return fs }, fs)
+	commonLive(r, func() *bridge.Switch { return h.Switch() }, func(tok string) error { return h.SetAPIToken(tok) })
+	r.setToken(token)
+	h, err = appliance.NewHost(cfg)
 	if err != nil {
 		closePorts(ports)
 		return err
 	}
+	onSIGHUP(ctx, func() { reloadLog(log, r) })
 	<-ctx.Done()
 	log.Info("shutting down")
 	h.Close()
 	return nil
+}
+
+// reloadLog re-reads a host's config file and logs what changed.
+func reloadLog(log *slog.Logger, r *reloader) {
+	applied, restart, err := r.reload()
+	if err != nil {
+		log.Error("SIGHUP: reload failed; nothing changed", "err", err)
+		return
+	}
+	for _, s := range applied {
+		log.Info("SIGHUP: setting applied", "setting", s)
+	}
+	if len(restart) > 0 {
+		log.Warn("SIGHUP: needs a restart: " + strings.Join(restart, ", "))
+	}
+	log.Info("SIGHUP: reloaded", "settings_applied", len(applied), "needs_restart", len(restart))
 }
 
 // openPorts opens the VM-facing ports named on the command line. On error it

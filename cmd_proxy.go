@@ -6,14 +6,35 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
 
 	"vnet/appliance"
 	"vnet/bridge"
 	"vnet/gateway"
+	"vnet/infer"
 	"vnet/tunnel"
 )
 
-func runProxy(ctx context.Context, args []string) error {
+// proxyOpts are vnet proxy's flags.
+type proxyOpts struct {
+	config, topology                                        *string
+	listen, lanIfaces, taps, forwards, dnsServers           *[]string
+	keyFile, api, tokenFile, stateDir, netstack, migrateCmd *string
+	offload                                                 *bool
+	mtu, bcast                                              *int
+	migrateTimeout                                          *time.Duration
+	mkAcct                                                  func() (infer.AccountConfig, error)
+	mkGlobal                                                func() infer.GlobalConfig
+	mkAdapt                                                 func() appliance.AdaptConfig
+	mkUDP                                                   func() tunnel.UDPOptions
+	mkLog                                                   func() (*slog.Logger, error)
+}
+
+// proxyFlags defines vnet proxy's flags on a new flag set.
+func proxyFlags() (*pflag.FlagSet, *proxyOpts) {
+	o := &proxyOpts{}
 	fs := newFlags("proxy", "--key-file FILE [flags]", `
 Run the proxy: the hub of the resilient star. Every host dials it and keeps a
 link to it; broadcast and unknown traffic crosses it; it holds the desired
@@ -36,79 +57,96 @@ this machine's loopback at the gateway's address (e.g. 10.0.0.1:22 is
 (--netstack 10.0.0.1/24,fd00:1::1/64) and the gateway also sends router
 advertisements: the prefix (a /64 lets the VMs pick their own addresses), itself
 as default router and DNS server, and the MTU; its IPv6 address reaches [::1]
-here.`)
-	listen := fs.StringArray("listen", []string{"tcp://:5000", "udp://:5000", "quic://:5001"},
+here.
+
+Reload without restart: on SIGHUP or 'vnet ctl reload' the proxy re-reads
+--topology FILE and --config FILE and applies only what changed; links that
+did not change carry traffic throughout. Live settings: adapt, broadcast-rate,
+api-token-file (also a new token in the same file), log-level; any other
+that changed is reported as needing a restart.
+
+`+configHelp)
+	o.listen = fs.StringArray("listen", []string{"tcp://:5000", "udp://:5000", "quic://:5001"},
 		"where hosts connect (repeatable): tcp://[ADDR]:PORT, udp://... (also answers STUN, with a\n"+
 			"second STUN port next to it) or quic://...")
-	keyFile := fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
-	api := fs.String("api", "127.0.0.1:7777", "control API address (loopback only without --api-token-file; also serves the dashboard and\n"+
+	o.keyFile = fs.String("key-file", "", "the network key, from 'vnet keygen' (required)")
+	o.api = fs.String("api", "127.0.0.1:7777", "control API address (loopback only without --api-token-file; also serves the dashboard and\n"+
 		"Prometheus /metrics); empty to disable")
-	tokenFile := fs.String("api-token-file", "", "require the token in `FILE` of every API request (Authorization: Bearer, or\n"+
+	o.tokenFile = fs.String("api-token-file", "", "require the token in `FILE` of every API request (Authorization: Bearer, or\n"+
 		"?token= in a browser); with it the API may listen beyond loopback")
-	stateDir := fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
-	lanIfaces := fs.StringArray("lan-iface", nil, "bridge the segment into the LAN of interface `IF` (AF_PACKET, promiscuous;\n"+
+	o.stateDir = fs.String("state-dir", "", "directory where links and rules survive restarts (written atomically)")
+	o.lanIfaces = fs.StringArray("lan-iface", nil, "bridge the segment into the LAN of interface `IF` (AF_PACKET, promiscuous;\n"+
 		"needs root or CAP_NET_RAW; turn off GRO on IF; repeatable)")
-	taps := fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
-	offload := fs.Bool("offload", true, "TAP devices take TCP segments of up to 64 KB, which cross links to hosts that take them whole (false: 1514-byte frames everywhere)")
-	netstack := fs.String("netstack", "", "be the segment's gateway without root: CIDR is the segment and the gateway's\n"+
+	o.taps = fs.StringArray("tap", nil, "create TAP device NAME and attach it to the proxy's switch (repeatable; needs root)")
+	o.offload = fs.Bool("offload", true, "TAP devices take TCP segments of up to 64 KB, which cross links to hosts that take them whole (false: 1514-byte frames everywhere)")
+	o.netstack = fs.String("netstack", "", "be the segment's gateway without root: CIDR is the segment and the gateway's\n"+
 		"address in it (10.0.0.1/24; a bare network 10.0.0.0/24 takes its first address);\n"+
 		"add ,IPV6CIDR (10.0.0.1/24,fd00:1::1/64) for IPv6 by router advertisements")
-	forwards := fs.StringArray("forward", nil, "with --netstack, publish a VM service here: PROTO:[ADDR:]PORT=VMIP:PORT,\n"+
+	o.forwards = fs.StringArray("forward", nil, "with --netstack, publish a VM service here: PROTO:[ADDR:]PORT=VMIP:PORT,\n"+
 		"e.g. tcp:8080=10.0.0.5:80 (every interface) or udp:127.0.0.1:5353=10.0.0.5:53 (repeatable)")
-	dnsServers := fs.StringArray("dns", nil, "with --netstack, relay DNS to this resolver IP[:PORT] (repeatable; default:\n"+
+	o.dnsServers = fs.StringArray("dns", nil, "with --netstack, relay DNS to this resolver IP[:PORT] (repeatable; default:\n"+
 		"the nameservers of /etc/resolv.conf)")
-	mtu := fs.Int("mtu", 1500, "with --netstack, the segment's IP MTU announced by DHCP")
-	migrateCmd := fs.String("migrate-cmd", "", "run this shell `CMD` to move a VM between hosts (vnet ctl migrate, --adapt-migrate),\n"+
+	o.mtu = fs.Int("mtu", 1500, "with --netstack, the segment's IP MTU announced by DHCP")
+	o.migrateCmd = fs.String("migrate-cmd", "", "run this shell `CMD` to move a VM between hosts (vnet ctl migrate, --adapt-migrate),\n"+
 		"with the VM's MAC, the source and the target host as $1 $2 $3 (also\n"+
 		"VNET_VM, VNET_FROM, VNET_TO, VNET_VM_IPS), e.g. a QEMU or libvirt live-migration\n"+
 		"script; it returns when the VM runs on the target")
-	migrateTimeout := fs.Duration("migrate-timeout", appliance.MigrateTimeout, "give up on a migration (--migrate-cmd) after this long")
-	mkAcct, mkGlobal := accountFlags(fs), globalFlags(fs)
-	mkAdapt := adaptFlags(fs)
-	mkUDP := mtuFlags(fs)
-	bcast := fs.Int("broadcast-rate", bridge.DefaultBroadcastRate, "broadcast and multicast frames a second each VM port may send (a burst of as many);\n"+
+	o.migrateTimeout = fs.Duration("migrate-timeout", appliance.MigrateTimeout, "give up on a migration (--migrate-cmd) after this long")
+	o.mkAcct, o.mkGlobal = accountFlags(fs), globalFlags(fs)
+	o.mkAdapt = adaptFlags(fs)
+	o.mkUDP = mtuFlags(fs)
+	o.bcast = fs.Int("broadcast-rate", bridge.DefaultBroadcastRate, "broadcast and multicast frames a second each VM port may send (a burst of as many);\n"+
 		"more are dropped and counted as broadcast-limit, so one VM's storm cannot flood the network (0: no limit)")
-	mkLog := logFlags(fs)
-	if err := parse(fs, args); err != nil {
+	o.mkLog = logFlags(fs)
+	o.config = fs.String("config", "", "read settings from `FILE` (see below); the command line wins; re-read on SIGHUP and 'vnet ctl reload'")
+	o.topology = fs.String("topology", "", "make the fast links and rules equal to `FILE`, in the topology language of 'vnet ctl apply'\n"+
+		"(vnet ctl export writes one), at start and on SIGHUP or 'vnet ctl reload': only the difference is\n"+
+		"applied, and what the adaptation controller made stays; a bad file changes nothing")
+	return fs, o
+}
+
+func runProxy(ctx context.Context, args []string) error {
+	fs, o := proxyFlags()
+	if err := parseWithConfig(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageErr("unexpected argument %q", fs.Arg(0))
 	}
-	log, err := mkLog()
+	log, err := o.mkLog()
 	if err != nil {
 		return err
 	}
-	key, err := tunnel.LoadKeyFile(*keyFile)
+	key, err := tunnel.LoadKeyFile(*o.keyFile)
 	if err != nil {
 		return err
 	}
-	acct, err := mkAcct()
+	acct, err := o.mkAcct()
 	if err != nil {
 		return err
 	}
 	var token string
-	if *tokenFile != "" {
-		if token, err = appliance.LoadAPIToken(*tokenFile); err != nil {
+	if *o.tokenFile != "" {
+		if token, err = appliance.LoadAPIToken(*o.tokenFile); err != nil {
 			return err
 		}
 	}
-	cfg := appliance.ProxyConfig{Key: key, API: *api, APIToken: token, StateDir: *stateDir, Log: log, Infer: acct, Global: mkGlobal(),
-		Adapt: mkAdapt(), MigrateCmd: *migrateCmd, MigrateTimeout: *migrateTimeout}
-	if cfg.Listen, err = parseEndpoints("--listen", *listen); err != nil {
+	cfg := appliance.ProxyConfig{Key: key, API: *o.api, APIToken: token, StateDir: *o.stateDir, Log: log, Infer: acct, Global: o.mkGlobal(),
+		Adapt: o.mkAdapt(), MigrateCmd: *o.migrateCmd, MigrateTimeout: *o.migrateTimeout}
+	if cfg.Listen, err = parseEndpoints("--listen", *o.listen); err != nil {
 		return err
 	}
-	cfg.NoOffload, cfg.UDP = !*offload, mkUDP()
-	if cfg.BroadcastRate = *bcast; *bcast == 0 {
+	cfg.NoOffload, cfg.UDP = !*o.offload, o.mkUDP()
+	if cfg.BroadcastRate = *o.bcast; *o.bcast == 0 {
 		cfg.BroadcastRate = -1
-	} else if *bcast < 0 {
-		return usageErr("--broadcast-rate %d: want frames a second, or 0 for no limit", *bcast)
+	} else if *o.bcast < 0 {
+		return usageErr("--broadcast-rate %d: want frames a second, or 0 for no limit", *o.bcast)
 	}
-	ports, err := openPorts(*taps, nil, nil, nil, *offload, log)
+	ports, err := openPorts(*o.taps, nil, nil, nil, *o.offload, log)
 	if err != nil {
 		return err
 	}
-	for _, ifname := range *lanIfaces {
+	for _, ifname := range *o.lanIfaces {
 		lp, err := bridge.OpenPacket(ifname, log)
 		if err != nil {
 			closePorts(ports)
@@ -116,23 +154,40 @@ here.`)
 		}
 		ports = append(ports, appliance.LocalPort{Name: "lan-" + ifname, Port: lp})
 	}
-	if *netstack != "" {
-		gw, err := openGateway(*netstack, *forwards, *dnsServers, *mtu, log)
+	if *o.netstack != "" {
+		gw, err := openGateway(*o.netstack, *o.forwards, *o.dnsServers, *o.mtu, log)
 		if err != nil {
 			closePorts(ports)
 			return err
 		}
 		ports = append(ports, appliance.LocalPort{Name: "gateway", Port: gw})
-	} else if len(*forwards) > 0 || len(*dnsServers) > 0 {
+	} else if len(*o.forwards) > 0 || len(*o.dnsServers) > 0 {
 		closePorts(ports)
 		return usageErr("--forward and --dns need --netstack")
 	}
 	cfg.Ports = ports
-	p, err := appliance.NewProxy(cfg)
+	var p *appliance.Proxy
+	r := newReloader(args, func() *pflag.FlagSet { fs, _ := proxyFlags(); return fs }, fs)
+	commonLive(r, func() *bridge.Switch { return p.Switch() }, func(tok string) error { return p.SetAPIToken(tok) })
+	r.live["adapt"] = func(fs *pflag.FlagSet) (func() error, error) {
+		on, _ := fs.GetBool("adapt")
+		return func() error { p.SetAdapting(on); return nil }, nil
+	}
+	r.setToken(token)
+	cfg.TopologyFile, cfg.ReloadSettings = *o.topology, r.reload
+	r.mu.Lock() // a reload waits for p
+	p, err = appliance.NewProxy(cfg)
+	r.mu.Unlock()
 	if err != nil {
 		closePorts(ports)
 		return err
 	}
+	onSIGHUP(ctx, func() {
+		res, err := p.Reload()
+		if err == nil {
+			log.Info("SIGHUP: reloaded", "changes", strings.Join(res.Changes, "; "), "applied", strings.Join(res.Applied, "; "))
+		}
+	})
 	<-ctx.Done()
 	log.Info("shutting down")
 	p.Close()

@@ -128,6 +128,9 @@ func parse(fs *pflag.FlagSet, args []string) error {
 	return nil
 }
 
+// logLevel is the level of the command's logger; a reload may change it.
+var logLevel slog.LevelVar
+
 // logFlags adds --log-level and returns a constructor for the logger.
 func logFlags(fs *pflag.FlagSet) func() (*slog.Logger, error) {
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -136,7 +139,8 @@ func logFlags(fs *pflag.FlagSet) func() (*slog.Logger, error) {
 		if err := l.UnmarshalText([]byte(*level)); err != nil {
 			return nil, usageErr("--log-level %q: want debug, info, warn or error", *level)
 		}
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+		logLevel.Set(l)
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &logLevel})), nil
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 	"vnet/infer"
 )
@@ -21,8 +22,10 @@ const maxBody = 4 << 20
 
 // apiServer serves the control API (HTTP+JSON under /api/v1/).
 type apiServer struct {
-	ln  net.Listener
-	srv *http.Server
+	ln       net.Listener
+	srv      *http.Server
+	loopback bool                   // listens on loopback: a token is optional
+	token    atomic.Pointer[string] // required of every request when not empty
 }
 
 // apiError is an error with an HTTP status; its message is shown to the
@@ -55,30 +58,47 @@ func startAPI(addr, token string, mux *http.ServeMux, log *slog.Logger) (*apiSer
 	if err != nil {
 		return nil, fmt.Errorf("--api %s: %v", addr, err)
 	}
-	if ip := net.ParseIP(host); token == "" && host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return nil, fmt.Errorf("--api %s: the control API listens on loopback only (e.g. 127.0.0.1:7777) unless it has a token (--api-token-file)", addr)
-	}
-	if token != "" && len(token) < minTokenLen {
-		return nil, fmt.Errorf("--api-token-file: the token is %d characters; use at least %d (e.g. head -c 32 /dev/urandom | base64)", len(token), minTokenLen)
+	ip := net.ParseIP(host)
+	s := &apiServer{loopback: host == "localhost" || ip != nil && ip.IsLoopback()}
+	if err := s.setToken(token); errors.Is(err, errNeedsToken) {
+		return nil, fmt.Errorf("--api %s: %w", addr, err)
+	} else if err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("control API: %w", err)
 	}
-	var h http.Handler = mux
-	if token != "" {
-		h = requireToken(token, mux)
-	}
-	s := &apiServer{ln: ln, srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
-		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}}
+	s.ln = ln
+	s.srv = &http.Server{Handler: s.requireToken(mux), ReadHeaderTimeout: 5 * time.Second,
+		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	go s.srv.Serve(ln)
 	return s, nil
 }
 
-// requireToken answers 401 to requests without the token.
-func requireToken(token string, next http.Handler) http.Handler {
-	want := []byte(token)
+var errNeedsToken = errors.New("the control API listens on loopback only (e.g. 127.0.0.1:7777) unless it has a token (--api-token-file)")
+
+// setToken changes the token every request must carry ("": none, on
+// loopback only).
+func (s *apiServer) setToken(token string) error {
+	if token == "" && !s.loopback {
+		return errNeedsToken
+	}
+	if token != "" && len(token) < minTokenLen {
+		return fmt.Errorf("--api-token-file: the token is %d characters; use at least %d (e.g. head -c 32 /dev/urandom | base64)", len(token), minTokenLen)
+	}
+	s.token.Store(&token)
+	return nil
+}
+
+// requireToken answers 401 to requests without the token, if there is one.
+func (s *apiServer) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want := []byte(*s.token.Load())
+		if len(want) == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
 		if r.Method == http.MethodGet && dashboardAssets[r.URL.Path] {
 			next.ServeHTTP(w, r) // the page itself holds no data; its stream needs the token
 			return

@@ -307,7 +307,7 @@ func testStarFastPathAndProxyRestart(t *testing.T, kind string) {
 	}
 
 	// Export, then apply the export: nothing changes.
-	if res, err := n.proxy.apply(n.proxy.export(), false); err != nil || len(res.Changes) != 0 {
+	if res, err := n.proxy.apply(n.proxy.export(), applyOpts{}); err != nil || len(res.Changes) != 0 {
 		t.Fatalf("re-applying the export: %v %v", res.Changes, err)
 	}
 

@@ -227,6 +227,15 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 // Switch is the host's switch.
 func (h *Host) Switch() *bridge.Switch { return h.sw }
 
+// SetAPIToken changes the token the host's control API requires ("":
+// none, on loopback only).
+func (h *Host) SetAPIToken(token string) error {
+	if h.api == nil {
+		return nil
+	}
+	return h.api.setToken(token)
+}
+
 // APIAddr is where the control API listens ("" if none).
 func (h *Host) APIAddr() string {
 	if h.api == nil {

@@ -59,7 +59,17 @@ type ProxyConfig struct {
 	// StarMbps, if > 0, emulates a WAN at the proxy (vnet demo): all star
 	// links together carry at most this much from the proxy to the hosts.
 	StarMbps float64
-	Log      *slog.Logger
+	// TopologyFile, if set, is a file in the topology language (package
+	// topo) that the desired links and rules are made equal to at start and
+	// on every Reload, as `vnet ctl apply` does; the adaptation
+	// controller's own links and rules are left alone.
+	TopologyFile string
+	// ReloadSettings, if set, re-reads the daemon's settings on Reload
+	// (vnet proxy's --config file): it applies what can change live and
+	// returns those ("NAME = VALUE") and the names of the settings that
+	// changed but need a restart. On an error it has changed nothing.
+	ReloadSettings func() (applied, restart []string, err error)
+	Log            *slog.Logger
 }
 
 // Proxy is the running hub of the star and the authority on desired state.
@@ -83,6 +93,7 @@ type Proxy struct {
 	adaptOn   atomic.Bool   // the controller runs (ProxyConfig.Adapt.Enabled, SetAdapting)
 	moving    atomic.Int32  // migrations under way: the controller waits
 	migrating sync.Mutex    // one migration at a time
+	reloading sync.Mutex    // one Reload at a time
 
 	adaptActions opCounts // changes the controller applied, by op (metrics)
 
@@ -169,6 +180,15 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 	}
 	if err := p.restoreEnroll(); err != nil {
 		return nil, err
+	}
+	if cfg.TopologyFile != "" {
+		t, err := p.readTopology()
+		if err != nil {
+			return nil, err
+		}
+		if _, err := p.apply(t, applyOpts{file: true}); err != nil {
+			return nil, fmt.Errorf("--topology %s: %w", cfg.TopologyFile, err)
+		}
 	}
 	p.creds.SetRevoked(p.enroll.Revoked)
 	for _, ep := range cfg.Listen {

@@ -8,10 +8,12 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
 
+	"vnet/adapt"
 	"vnet/bridge"
 	"vnet/infer"
 	"vnet/topo"
@@ -22,6 +24,10 @@ import (
 type desired struct {
 	links map[string]topo.Link
 	rules map[string][]bridge.Rule
+	// declared are hosts a topology file names: known from the commit on,
+	// before they ever connect (their links and rules wait for them).
+	declared map[string]bool
+	dryRun   bool // validate the change, then drop it (change returns errDryRun)
 }
 
 // change applies f to a copy of the desired state, validates the result and
@@ -29,7 +35,7 @@ type desired struct {
 // applied nor invalid.
 func (p *Proxy) change(f func(d *desired) error) error {
 	p.mu.Lock()
-	d := &desired{links: maps.Clone(p.mu.links), rules: map[string][]bridge.Rule{}}
+	d := &desired{links: maps.Clone(p.mu.links), rules: map[string][]bridge.Rule{}, declared: map[string]bool{}}
 	for h, rs := range p.mu.rules {
 		d.rules[h] = slices.Clone(rs)
 	}
@@ -55,16 +61,23 @@ func (p *Proxy) change(f func(d *desired) error) error {
 		p.mu.Unlock()
 		return &apiError{http.StatusBadRequest, errors.Join(errs...).Error()}
 	}
+	if d.dryRun {
+		p.mu.Unlock()
+		return errDryRun
+	}
 	p.mu.links, p.mu.rules = d.links, d.rules
+	for h := range d.declared {
+		p.mu.known[h] = true
+	}
 	p.mu.Unlock()
 	p.saveState()
 	p.pushConfigs()
 	return nil
 }
 
-// checkHostLocked reports an unknown host.
-func (p *Proxy) checkHostLocked(name string) error {
-	if name == topo.ProxyHost {
+// checkHostLocked reports an unknown host (d: the state being changed).
+func (p *Proxy) checkHostLocked(d *desired, name string) error {
+	if name == topo.ProxyHost || d.declared[name] {
 		return nil
 	}
 	if p.mu.hosts[name] == nil && !p.mu.known[name] {
@@ -75,7 +88,7 @@ func (p *Proxy) checkHostLocked(name string) error {
 
 // checkTargetLocked checks that rule r on host names a link or port there.
 func (p *Proxy) checkTargetLocked(d *desired, host string, r bridge.Rule) error {
-	if err := p.checkHostLocked(host); err != nil {
+	if err := p.checkHostLocked(d, host); err != nil {
 		return err
 	}
 	name := r.To.Name
@@ -109,6 +122,8 @@ func (p *Proxy) checkTargetLocked(d *desired, host string, r bridge.Rule) error 
 				ports = append(ports, pi.Name)
 			}
 		}
+	} else {
+		return nil // a host declared but never seen: its ports are not known yet
 	}
 	if slices.Contains(ports, name) {
 		return nil
@@ -154,7 +169,7 @@ func (p *Proxy) addLink(a, b, kind string) (string, error) {
 	name := l.Name()
 	err := p.change(func(d *desired) error {
 		for _, h := range []string{a, b} {
-			if err := p.checkHostLocked(h); err != nil {
+			if err := p.checkHostLocked(d, h); err != nil {
 				return err
 			}
 		}
@@ -240,15 +255,45 @@ func (p *Proxy) export() *topo.Topology {
 	return t
 }
 
+// applyOpts say how apply treats a topology.
+type applyOpts struct {
+	dryRun bool // report the changes, make none
+	// file: t is the proxy's topology file (--topology). The hosts it names
+	// count as known before they connect, and the links and rules the
+	// adaptation controller made are left alone unless t names them.
+	file bool
+}
+
 // apply makes the desired state equal to t's links and rules; it changes
 // only the difference and reports each change. VM placement differences are
 // reported but not acted on (migration belongs to adaptation).
-func (p *Proxy) apply(t *topo.Topology, dryRun bool) (ApplyResult, error) {
-	res := ApplyResult{Changes: []string{}, DryRun: dryRun}
-	changes := topo.Diff(p.export(), t)
+func (p *Proxy) apply(t *topo.Topology, o applyOpts) (ApplyResult, error) {
+	res := ApplyResult{Changes: []string{}, DryRun: o.dryRun}
+	live := p.export()
+	hosts := t.Hosts
+	if o.file {
+		named := t.Clone()
+		named.Canonical()
+		hosts = named.Hosts
+	}
+	if o.file {
+		p.mu.Lock()
+		live.Links = slices.DeleteFunc(live.Links, func(l topo.Link) bool { return p.mu.adaptedLinks[l.Name()] })
+		live.Rules = slices.DeleteFunc(live.Rules, func(r topo.Rule) bool {
+			return p.mu.adaptedRules[adapt.Rule{Host: r.Host, Src: r.Src, Dst: r.Dst, To: r.To}]
+		})
+		p.mu.Unlock()
+	}
+	changes := topo.Diff(live, t)
 	err := p.change(func(d *desired) error {
-		for _, h := range t.Hosts {
-			if err := p.checkHostLocked(h); err != nil {
+		for _, h := range hosts {
+			if o.file && h != topo.ProxyHost {
+				if err := ValidName(h); err != nil {
+					return badRequest("host %s: %v", h, err)
+				}
+				d.declared[h] = true
+			}
+			if err := p.checkHostLocked(d, h); err != nil {
 				return err
 			}
 		}
@@ -277,15 +322,13 @@ func (p *Proxy) apply(t *topo.Topology, dryRun bool) (ApplyResult, error) {
 			}
 			res.Changes = append(res.Changes, c.String())
 		}
-		if dryRun {
-			return errDryRun
-		}
+		d.dryRun = o.dryRun
 		return nil
 	})
 	if errors.Is(err, errDryRun) {
 		err = nil
 	}
-	if err == nil && !dryRun {
+	if err == nil && !o.dryRun {
 		for _, c := range res.Changes {
 			p.log.Info("applied", "change", c)
 		}
@@ -429,8 +472,9 @@ func (p *Proxy) routes() *http.ServeMux {
 		if err != nil {
 			return nil, badRequest("%v", err)
 		}
-		return p.apply(t, r.URL.Query().Get("dry_run") != "")
+		return p.apply(t, applyOpts{dryRun: r.URL.Query().Get("dry_run") != ""})
 	}))
+	mux.HandleFunc("POST /api/v1/reload", handle(func(*http.Request) (any, error) { return p.Reload() }))
 	p.joinRoutes(mux)
 	mux.Handle("GET /metrics", metricsHandler(daemonCollector{proxy: p}, p.log))
 	handleProfiles(mux)
@@ -468,3 +512,82 @@ func (p *Proxy) Topology() infer.Topology { return p.agg.Topology() }
 
 // DelLink removes the fast-path link between a and b.
 func (p *Proxy) DelLink(a, b string) (string, error) { return p.delLink(a, b) }
+
+// readTopology reads and parses ProxyConfig.TopologyFile.
+func (p *Proxy) readTopology() (*topo.Topology, error) {
+	name := p.cfg.TopologyFile
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, badRequest("--topology: %v", err)
+	}
+	defer f.Close()
+	t, err := topo.Parse(io.LimitReader(f, maxBody))
+	if err != nil {
+		return nil, badRequest("--topology %s: %v", name, err)
+	}
+	return t, nil
+}
+
+// Reload re-reads the topology file (ProxyConfig.TopologyFile) and the
+// settings (ProxyConfig.ReloadSettings) and applies only what changed:
+// links and rules not in the difference, and the links under them, are not
+// touched. If either file is invalid, or the topology cannot be applied, it
+// changes nothing and says why.
+func (p *Proxy) Reload() (ReloadResult, error) {
+	p.reloading.Lock()
+	defer p.reloading.Unlock()
+	res := ReloadResult{Changes: []string{}, Applied: []string{}, NeedsRestart: []string{}}
+	var t *topo.Topology
+	if p.cfg.TopologyFile != "" {
+		var err error
+		if t, err = p.readTopology(); err != nil {
+			return res, p.reloadFailed(err)
+		}
+		if _, err := p.apply(t, applyOpts{file: true, dryRun: true}); err != nil {
+			return res, p.reloadFailed(fmt.Errorf("--topology %s: %w", p.cfg.TopologyFile, err))
+		}
+	}
+	if p.cfg.ReloadSettings != nil {
+		applied, restart, err := p.cfg.ReloadSettings()
+		if err != nil {
+			return res, p.reloadFailed(err)
+		}
+		res.Applied = append(res.Applied, applied...)
+		res.NeedsRestart = append(res.NeedsRestart, restart...)
+	}
+	if t != nil {
+		ar, err := p.apply(t, applyOpts{file: true})
+		if err != nil { // the state moved since the dry run
+			return res, p.reloadFailed(fmt.Errorf("--topology %s: %w", p.cfg.TopologyFile, err))
+		}
+		res.Changes = ar.Changes
+	}
+	for _, s := range res.Applied {
+		p.log.Info("reload: setting applied", "setting", s)
+	}
+	if len(res.NeedsRestart) > 0 {
+		p.log.Warn("reload: needs a restart: " + strings.Join(res.NeedsRestart, ", "))
+	}
+	p.log.Info("reloaded", "topology_changes", len(res.Changes), "settings_applied", len(res.Applied),
+		"needs_restart", len(res.NeedsRestart))
+	return res, nil
+}
+
+func (p *Proxy) reloadFailed(err error) error {
+	p.log.Error("reload failed; nothing changed", "err", err)
+	code := http.StatusBadRequest
+	var ae *apiError
+	if errors.As(err, &ae) {
+		code = ae.code
+	}
+	return &apiError{code, "reload failed, nothing changed: " + err.Error()}
+}
+
+// SetAPIToken changes the token the control API requires ("": none, on
+// loopback only).
+func (p *Proxy) SetAPIToken(token string) error {
+	if p.api == nil {
+		return nil
+	}
+	return p.api.setToken(token)
+}

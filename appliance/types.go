@@ -145,6 +145,14 @@ type ApplyResult struct {
 	DryRun  bool     `json:"dry_run,omitempty"`
 }
 
+// ReloadResult is the answer to `reload`: what re-reading the topology
+// file and the config file changed.
+type ReloadResult struct {
+	Changes      []string `json:"changes"`       // topology changes applied, as `apply` prints them
+	Applied      []string `json:"applied"`       // settings changed live, "NAME = VALUE"
+	NeedsRestart []string `json:"needs_restart"` // settings changed in the file that take a restart: their names
+}
+
 // Control messages between a host and the proxy, and between two hosts on a
 // fast link, carried as JSON in tunnel.MsgControl messages.
 const (

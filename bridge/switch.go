@@ -96,7 +96,7 @@ type Config struct {
 type Switch struct {
 	log       *slog.Logger
 	observer  Observer
-	bcastGap  int64 // ns between broadcast frames a VM port may send on average; 0: no limit
+	bcastGap  atomic.Int64 // ns between broadcast frames a VM port may send on average; 0: no limit
 	macs      *macTable
 	pool      sync.Pool // frames of BufSize
 	superPool sync.Pool // frames of SuperBufSize
@@ -120,17 +120,25 @@ func New(cfg Config) *Switch {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Switch{log: log, observer: cfg.Observer, macs: newMACTable(cfg.MaxMACs)}
-	switch rate := cfg.BroadcastRate; {
-	case rate == 0:
-		s.bcastGap = int64(time.Second) / DefaultBroadcastRate
-	case rate > 0:
-		s.bcastGap = max(int64(time.Second)/int64(rate), 1)
-	}
+	s.SetBroadcastRate(cfg.BroadcastRate)
 	s.pool.New = func() any { return &frame{buf: make([]byte, BufSize)} }
 	s.superPool.New = func() any { return &frame{buf: make([]byte, SuperBufSize)} }
 	s.ports.Store(&portSet{byName: map[string]*portState{}})
 	s.rules.Store(&ruleSet{})
 	return s
+}
+
+// SetBroadcastRate changes Config.BroadcastRate on the running switch (0:
+// the default, negative: no limit).
+func (s *Switch) SetBroadcastRate(rate int) {
+	switch {
+	case rate == 0:
+		s.bcastGap.Store(int64(time.Second) / DefaultBroadcastRate)
+	case rate > 0:
+		s.bcastGap.Store(max(int64(time.Second)/int64(rate), 1))
+	default:
+		s.bcastGap.Store(0)
+	}
 }
 
 func (s *Switch) getFrame(super bool) *frame {
@@ -404,7 +412,7 @@ type reader struct {
 // broadcastAllowed reports whether a broadcast or multicast frame from a VM
 // port, arriving at now, is within the port's rate.
 func (r *reader) broadcastAllowed(now int64) bool {
-	gap := r.s.bcastGap
+	gap := r.s.bcastGap.Load()
 	if gap == 0 {
 		return true
 	}

@@ -314,6 +314,36 @@ func TestBroadcastStormLimited(t *testing.T) {
 	}
 }
 
+// SetBroadcastRate changes the limit on a running switch: lifted, a storm
+// passes whole; set again, it is cut.
+func TestSetBroadcastRate(t *testing.T) {
+	sw := bridge.New(bridge.Config{BroadcastRate: 10})
+	defer sw.Close()
+	storm, peer := bridgetest.NewChanPort(4096), bridgetest.NewChanPort(4096)
+	sw.AddPort("v1", bridge.RoleLocal, storm)
+	sw.AddPort("s1", bridge.RoleStar, peer)
+	burst := func(n int) (dropped uint64) {
+		before, _ := sw.PortStats("v1")
+		for range n {
+			storm.Inject(bridgetest.Frame(bridge.Broadcast, mac(1), nil))
+		}
+		waitFor(t, "the burst counted", func() bool {
+			st, _ := sw.PortStats("v1")
+			return st.RxFrames == before.RxFrames+uint64(n)
+		})
+		st, _ := sw.PortStats("v1")
+		return st.Drops["broadcast-limit"] - before.Drops["broadcast-limit"]
+	}
+	sw.SetBroadcastRate(-1)
+	if d := burst(1000); d != 0 {
+		t.Fatalf("no limit: %d of 1000 broadcasts dropped", d)
+	}
+	sw.SetBroadcastRate(10)
+	if d := burst(1000); d < 1000-10-10 {
+		t.Fatalf("10/s again: only %d of 1000 broadcasts dropped", d)
+	}
+}
+
 func TestMACTableBounded(t *testing.T) {
 	sw := bridge.New(bridge.Config{MaxMACs: 16})
 	defer sw.Close()

@@ -178,6 +178,14 @@ func (p *Proc) Kill() error {
 	}
 }
 
+// Signal sends sig to the process (ip netns exec has become it).
+func (p *Proc) Signal(sig syscall.Signal) error {
+	if err := syscall.Kill(p.Pid(), sig); err != nil {
+		return fmt.Errorf("signalling %s: %w", p.Name, err)
+	}
+	return nil
+}
+
 // Output is what the process has logged so far.
 func (p *Proc) Output() string {
 	b, err := os.ReadFile(p.Log)
