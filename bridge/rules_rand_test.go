@@ -60,7 +60,7 @@ func TestRulesAgainstNaive(t *testing.T) {
 		}
 		src, dst := macs[rng.IntN(len(macs))], macs[rng.IntN(len(macs))]
 		in := set.byName[names[rng.IntN(len(names))]]
-		got, act, _ := matchRules(rules, set, in, src, dst, nil)
+		got, act, _, _ := matchRules(rules, set, in, src, dst, nil)
 		var gotNames []string
 		for _, p := range got {
 			gotNames = append(gotNames, p.name)

@@ -334,7 +334,84 @@ type Packet struct {
 	Proto    uint8
 	HasPort  bool // a TCP or UDP destination port was read
 	Port     uint16
-	Src, Dst netip.Addr
+	Src, Dst Addr
+}
+
+// Addr is an IP address as two big-endian halves; an IPv4 address is in the
+// low 32 bits of the second, the rest zero.
+type Addr [2]uint64
+
+func addrOf(a netip.Addr) Addr {
+	if a.Is4() {
+		b := a.As4()
+		return Addr{0, uint64(binary.BigEndian.Uint32(b[:]))}
+	}
+	b := a.As16()
+	return Addr{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
+}
+
+// Matcher is a Filter compiled for matching frames quickly.
+type Matcher struct {
+	fam, proto                 uint8
+	hasProto, hasPort          bool
+	hasSrc, hasDst             bool
+	lo, hi                     uint16
+	src, srcMask, dst, dstMask Addr
+}
+
+func mask(p netip.Prefix) Addr {
+	bits, total := p.Bits(), p.Addr().BitLen()
+	var m Addr
+	// The address's bits sit at the end of the 128 (IPv4: its 32 low bits).
+	off := 128 - total
+	for i := 0; i < bits; i++ {
+		b := off + i
+		m[b/64] |= 1 << (63 - b%64)
+	}
+	return m
+}
+
+// Compile returns f's Matcher.
+func (f Filter) Compile() Matcher {
+	m := Matcher{fam: f.Fam, proto: f.Proto, hasProto: f.HasProto, hasPort: f.HasPort, lo: f.PortLo, hi: f.PortHi}
+	if f.Src.IsValid() {
+		m.hasSrc, m.src, m.srcMask = true, addrOf(f.Src.Addr()), mask(f.Src)
+	}
+	if f.Dst.IsValid() {
+		m.hasDst, m.dst, m.dstMask = true, addrOf(f.Dst.Addr()), mask(f.Dst)
+	}
+	return m
+}
+
+// Match reports whether the classified packet p matches m. The Matcher of
+// the zero Filter matches everything; any other matches IP packets only.
+func (m *Matcher) Match(p *Packet) bool {
+	if m.fam == FamNone {
+		return true
+	}
+	if p.Fam == FamNone || (m.fam != FamAny && m.fam != p.Fam) {
+		return false
+	}
+	if m.hasProto && (!p.HasProto || p.Proto != m.proto) {
+		return false
+	}
+	if m.hasPort && (!p.HasPort || p.Port < m.lo || p.Port > m.hi) {
+		return false
+	}
+	if m.hasDst && (p.Dst[0]&m.dstMask[0] != m.dst[0] || p.Dst[1]&m.dstMask[1] != m.dst[1]) {
+		return false
+	}
+	if m.hasSrc && (p.Src[0]&m.srcMask[0] != m.src[0] || p.Src[1]&m.srcMask[1] != m.src[1]) {
+		return false
+	}
+	return true
+}
+
+// Match reports whether the classified packet p matches f (see
+// Matcher.Match; compile once to match many).
+func (f Filter) Match(p *Packet) bool {
+	m := f.Compile()
+	return m.Match(p)
 }
 
 // Ethernet and IP constants.
@@ -382,8 +459,8 @@ func classify4(ip []byte, p *Packet) bool {
 		return false
 	}
 	p.Fam = Fam4
-	p.Src = netip.AddrFrom4([4]byte(ip[12:16]))
-	p.Dst = netip.AddrFrom4([4]byte(ip[16:20]))
+	p.Src = Addr{0, uint64(binary.BigEndian.Uint32(ip[12:16]))}
+	p.Dst = Addr{0, uint64(binary.BigEndian.Uint32(ip[16:20]))}
 	p.HasProto, p.Proto = true, ip[9]
 	if binary.BigEndian.Uint16(ip[6:8])&0x1fff != 0 { // not the first fragment
 		return true
@@ -397,8 +474,8 @@ func classify6(ip []byte, p *Packet) bool {
 		return false
 	}
 	p.Fam = Fam6
-	p.Src = netip.AddrFrom16([16]byte(ip[8:24]))
-	p.Dst = netip.AddrFrom16([16]byte(ip[24:40]))
+	p.Src = Addr{binary.BigEndian.Uint64(ip[8:16]), binary.BigEndian.Uint64(ip[16:24])}
+	p.Dst = Addr{binary.BigEndian.Uint64(ip[24:32]), binary.BigEndian.Uint64(ip[32:40])}
 	nh, rest := ip[6], ip[40:]
 	first := true
 	for range maxExtHdrs + 1 {
@@ -441,28 +518,4 @@ func readPort(l4 []byte, p *Packet) {
 	if (p.Proto == ProtoTCP || p.Proto == ProtoUDP) && len(l4) >= 4 {
 		p.HasPort, p.Port = true, binary.BigEndian.Uint16(l4[2:4])
 	}
-}
-
-// Match reports whether the classified packet p matches f. The zero Filter
-// matches everything; any other matches IP packets only.
-func (f *Filter) Match(p *Packet) bool {
-	if f.Fam == FamNone {
-		return true
-	}
-	if p.Fam == FamNone || (f.Fam != FamAny && f.Fam != p.Fam) {
-		return false
-	}
-	if f.HasProto && (!p.HasProto || p.Proto != f.Proto) {
-		return false
-	}
-	if f.HasPort && (!p.HasPort || p.Port < f.PortLo || p.Port > f.PortHi) {
-		return false
-	}
-	if f.Src.IsValid() && !f.Src.Contains(p.Src) {
-		return false
-	}
-	if f.Dst.IsValid() && !f.Dst.Contains(p.Dst) {
-		return false
-	}
-	return true
 }
