@@ -101,10 +101,23 @@ func runCtl(ctx context.Context, args []string) error {
 	uses := fs.Int("uses", 1, "invite: how many joins the token allows")
 	invProxies := fs.StringArray("proxy", nil, "invite: a proxy endpoint to put in the token, as hosts reach it\n"+
 		"(repeatable; at least one tcp://, which joining uses; default: the proxy's listeners)")
+	// A rule's "->" is an argument, not a shorthand flag '>'.
+	const arrow = "\x00arrow"
+	args = slices.Clone(args)
+	for i, v := range args {
+		if v == "->" {
+			args[i] = arrow
+		}
+	}
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	a := fs.Args()
+	for i, v := range a {
+		if v == arrow {
+			a[i] = "->"
+		}
+	}
 	if len(a) == 0 {
 		fs.Usage()
 		return usageErr("no command")
