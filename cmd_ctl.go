@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -17,6 +19,7 @@ import (
 
 	"vnet/appliance"
 	"vnet/infer"
+	"vnet/topo"
 )
 
 const ctlHelp = `
@@ -35,7 +38,9 @@ Commands:
                               the peer's NAT mapping) or public, and its address
   rules                       forwarding rules on every host
   vms                         VMs (MACs) and where they are attached
-  route SRC-MAC DST-MAC       the hop-by-hop path a frame takes right now
+  route SRC-MAC DST-MAC       the hop-by-hop path a frame takes right now, the rule
+                              that blocks the pair, and the rules with an IP filter
+                              that block (or allow) some of its packets
   matrix [--last 60s]         the VMs' traffic matrix (MB per pair), inferred from
                               their frames (default: over the smoothing window)
   topology [--dot]            the application's inferred topology: edges, archetype
@@ -52,11 +57,19 @@ Commands:
   migrate VM HOST             move a VM (its MAC or IP) to HOST with the proxy's
                               --migrate-cmd, then repoint the overlay: the VM keeps
                               its MAC and IP (waits for the move; no --timeout)
-  rule add HOST SRC DST TO    install a rule on HOST: SRC and DST are MAC, any or
+  rule add HOST SRC DST [FILTER] TO
+                              install a rule on HOST: SRC and DST are MAC, any or
                               not:MAC; TO is link:NAME or port:NAME, or deny (drop
                               the pair's frames) or allow (let them through: a
-                              hole in a wider deny); an optional "->" before TO
-  rule del HOST SRC DST TO    remove it
+                              hole in a wider deny); an optional "->" before TO.
+                              A deny or allow may have an IP FILTER: any of
+                              ip|ip4|ip6, proto tcp|udp|icmp|icmpv6|N,
+                              from ADDR[/LEN], to ADDR[/LEN], port N[-M] (the
+                              destination port; with proto tcp or udp). It
+                              matches only IP frames (never ARP), and beats a
+                              rule with the same MACs and no filter
+  rule del HOST SRC DST [FILTER] TO
+                              remove it
   invite --name H [--expires 1h] [--uses 1] [--proxy URL]...
                               print a one-line token that lets host H join without
                               the network key (vnet host --join TOKEN --state-dir DIR);
@@ -77,6 +90,7 @@ Examples:
   vnet ctl invite --name h3 --expires 24h     # then on h3: vnet host --join TOKEN --state-dir /var/lib/vnet
   vnet ctl link add h1 h2 && vnet ctl route 52:54:00:00:00:01 52:54:00:00:00:02
   vnet ctl rule add h1 any 52:54:00:00:00:02 -> link:h1-h2
+  vnet ctl rule add h1 any any proto tcp to 10.0.0.5 port 22 -> deny
   vnet ctl export > net.topo; $EDITOR net.topo; vnet ctl apply --dry-run net.topo; vnet ctl apply net.topo`
 
 func runCtl(ctx context.Context, args []string) error {
@@ -94,10 +108,23 @@ func runCtl(ctx context.Context, args []string) error {
 	uses := fs.Int("uses", 1, "invite: how many joins the token allows")
 	invProxies := fs.StringArray("proxy", nil, "invite: a proxy endpoint to put in the token, as hosts reach it\n"+
 		"(repeatable; at least one tcp://, which joining uses; default: the proxy's listeners)")
+	// A rule's "->" is an argument, not a shorthand flag '>'.
+	const arrow = "\x00arrow"
+	args = slices.Clone(args)
+	for i, v := range args {
+		if v == "->" {
+			args[i] = arrow
+		}
+	}
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	a := fs.Args()
+	for i, v := range a {
+		if v == arrow {
+			a[i] = "->"
+		}
+	}
 	if len(a) == 0 {
 		fs.Usage()
 		return usageErr("no command")
@@ -165,9 +192,9 @@ func runCtl(ctx context.Context, args []string) error {
 	case len(a) == 1 && cmd == "rules":
 		var rs []appliance.RuleInfo
 		return c.show("rules", &rs, func(w io.Writer) {
-			table(w, "HOST\tSRC\tDST\t\tTO\tFRAMES")
+			table(w, "HOST\tSRC\tDST\tFILTER\t\tTO\tFRAMES")
 			for _, r := range rs {
-				table(w, "%s\t%s\t%s\t->\t%s\t%d", r.Host, r.Src, r.Dst, r.To, r.Hits)
+				table(w, "%s\t%s\t%s\t%s\t->\t%s\t%d", r.Host, r.Src, r.Dst, cmp.Or(r.Filter, "-"), r.To, r.Hits)
 			}
 		})
 	case len(a) == 1 && cmd == "vms":
@@ -239,6 +266,9 @@ func runCtl(ctx context.Context, args []string) error {
 		return c.show("route?src="+url.QueryEscape(a[1])+"&dst="+url.QueryEscape(a[2]), &r, func(w io.Writer) {
 			for i, h := range r.Hops {
 				fmt.Fprintf(w, "%d. %-12s -> %s  (%s)\n", i+1, h.Host, h.To, h.By)
+				for _, f := range h.Filters {
+					fmt.Fprintf(w, "   %-12s    except: %s\n", "", f)
+				}
 			}
 			if r.Delivered {
 				fmt.Fprintln(w, "delivered")
@@ -288,19 +318,25 @@ func runCtl(ctx context.Context, args []string) error {
 			fmt.Println("note:", r.Note)
 		}
 		return nil
-	case (len(a) == 6 || len(a) == 7) && cmd == "rule" && (a[1] == "add" || a[1] == "del"):
+	case len(a) >= 6 && cmd == "rule" && (a[1] == "add" || a[1] == "del"):
+		// HOST SRC DST [FILTER...] [->] TO
 		r := a[2:]
-		if len(r) == 5 {
-			if r[3] != "->" {
-				return usageErr("rule %s HOST SRC DST [->] TO", a[1])
-			}
-			r = append(r[:3], r[4])
+		mid := r[3 : len(r)-1]
+		if n := len(mid); n > 0 && mid[n-1] == "->" {
+			mid = mid[:n-1]
+		}
+		if slices.Contains(mid, "->") {
+			return usageErr("rule %s HOST SRC DST [FILTER] [->] TO", a[1])
+		}
+		filter, err := topo.ParseFilter(strings.Join(mid, " "))
+		if err != nil {
+			return err
 		}
 		method := http.MethodPost
 		if a[1] == "del" {
 			method = http.MethodDelete
 		}
-		return c.change(method, "rules", appliance.RuleInfo{Host: r[0], Src: r[1], Dst: r[2], To: r[3]})
+		return c.change(method, "rules", appliance.RuleInfo{Host: r[0], Src: r[1], Dst: r[2], To: r[len(r)-1], Filter: filter})
 	case len(a) == 1 && cmd == "export":
 		b, err := c.do(http.MethodGet, "export", nil)
 		if err != nil {

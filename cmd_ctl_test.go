@@ -83,3 +83,51 @@ func TestCtlInviteRevoke(t *testing.T) {
 		t.Fatalf("invite without --name: %v", err)
 	}
 }
+
+// TestCtlRuleFilter: `vnet ctl rule add` takes "->" and an IP filter, and
+// the proxy keeps the filter in canonical form; bad filters are refused in
+// one line; `rule del` with the filter in another spelling removes it.
+func TestCtlRuleFilter(t *testing.T) {
+	key, _ := tunnel.GenerateKey()
+	p, err := appliance.NewProxy(appliance.ProxyConfig{Listen: []tunnel.Endpoint{{Kind: "tcp", Addr: "127.0.0.1:0"}},
+		Key: key, API: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	api := []string{"--api", p.APIAddr(), "--json"}
+	mac := "52:54:00:00:00:01"
+	if err := runCtl(ctx, append(api, "rule", "add", "proxy", "any", mac, "port", "22", "proto", "tcp", "->", "deny")); err != nil {
+		t.Fatal(err)
+	}
+	if err := runCtl(ctx, append(api, "rule", "add", "proxy", "any", "any", "->", "allow")); err != nil {
+		t.Fatal(err)
+	}
+	rules := p.Switch().Rules()
+	if len(rules) != 2 || rules[0].String() != "any "+mac+" ip proto tcp port 22 -> deny" {
+		t.Fatalf("rules %v", rules)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"proxy", "any", "any", "proto", "tcp", "port", "99999", "->", "deny"}, "expected a port"},
+		{[]string{"proxy", "any", "any", "proto", "tcp", "->", "link:star-h1"}, "needs the target deny or allow"},
+		{[]string{"proxy", "any", "any", "->", "proto", "tcp", "deny"}, "usage"},
+	} {
+		err := runCtl(ctx, append(append(api, "rule", "add"), c.args...))
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("rule add %v: %v, want one line with %q", c.args, err, c.want)
+		}
+	}
+	if err := runCtl(ctx, append(api, "rule", "del", "proxy", "any", mac, "ip4", "proto", "6", "port", "22-22", "deny")); err == nil {
+		t.Error("rule del with another family removed something")
+	}
+	if err := runCtl(ctx, append(api, "rule", "del", "proxy", "any", mac, "proto", "6", "port", "22-22", "deny")); err != nil {
+		t.Fatal(err)
+	}
+	if rules := p.Switch().Rules(); len(rules) != 1 {
+		t.Fatalf("after del: %v", rules)
+	}
+}

@@ -220,6 +220,12 @@ func e2eHelper(mode, addr, size string) error {
 		return nil
 	case "relay":
 		return e2eRelay(addr, size)
+	case "dial": // one TCP connection attempt, 3 s at most
+		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+		if err != nil {
+			return err
+		}
+		return c.Close()
 	}
 	return fmt.Errorf("unknown mode %q", mode)
 }
@@ -597,11 +603,14 @@ func (e *e2eNet) allPairs(t *testing.T, d time.Duration) {
 
 // transfer sends n random bytes over TCP from VM a to VM b and checks that
 // b received exactly them (count and SHA-256).
-func (e *e2eNet) transfer(t *testing.T, a, b *e2eVM, n int) {
+func (e *e2eNet) transfer(t *testing.T, a, b *e2eVM, n int) { e.transferPort(t, a, b, n, 9000) }
+
+// transferPort is transfer to TCP port port of b.
+func (e *e2eNet) transferPort(t *testing.T, a, b *e2eVM, n, port int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(e.ctx, 90*time.Second)
 	defer cancel()
-	addr := net.JoinHostPort(b.ip, "9000")
+	addr := net.JoinHostPort(b.ip, strconv.Itoa(port))
 	helper := func(ns, mode string) *exec.Cmd { return e.helperCmd(t, ctx, ns, mode, addr, strconv.Itoa(n)) }
 	start := time.Now()
 	recv := helper(b.ns, "recv")

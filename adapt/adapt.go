@@ -127,7 +127,9 @@ type Input struct {
 
 // Rule is a VNET forwarding rule: on Host, frames Src->Dst (VM MACs, Src may be "any") go to
 // To: "link:A-B" for a fast link, "link:star-H" for host H's star link (on H or on the proxy).
-type Rule struct{ Host, Src, Dst, To string }
+// Filter is an operator's access rule's IP filter (canonical text; the
+// controller's own rules have none), kept so the rule round-trips whole.
+type Rule struct{ Host, Src, Dst, To, Filter string }
 
 // Plan is a desired state.
 type Plan struct {

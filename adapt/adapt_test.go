@@ -478,7 +478,7 @@ func TestDamperDwell(t *testing.T) {
 	d := NewDamper(DampConfig{MinDwell: 30 * time.Second})
 	t0 := time.Unix(1000, 0)
 	l := Pair("h1", "h2")
-	cur := Plan{Links: []HostPair{l}, Rules: []Rule{{"h1", "any", "m", "link:h1-h2"}}, Objective: 10}
+	cur := Plan{Links: []HostPair{l}, Rules: []Rule{{"h1", "any", "m", "link:h1-h2", ""}}, Objective: 10}
 	des := Plan{Objective: 20}
 	apply, held, why := d.Filter(t0, cur, des)
 	if ops(apply, "del-link") != 0 || ops(held, "del-link") != 1 || !strings.Contains(why, "dwell") {
@@ -508,7 +508,7 @@ func TestDamperHysteresis(t *testing.T) {
 	d := NewDamper(DampConfig{Hysteresis: 0.1})
 	t0 := time.Unix(1000, 0)
 	cur := Plan{Objective: 100}
-	des := Plan{Links: []HostPair{Pair("h1", "h2")}, Rules: []Rule{{"h1", "any", "m", "link:h1-h2"}}, Objective: 95}
+	des := Plan{Links: []HostPair{Pair("h1", "h2")}, Rules: []Rule{{"h1", "any", "m", "link:h1-h2", ""}}, Objective: 95}
 	apply, held, why := d.Filter(t0, cur, des)
 	if len(apply) != 0 || len(held) != 2 || !strings.Contains(why, "hysteresis") {
 		t.Fatalf("marginal plan applied: %v / %v %q", apply, held, why)
@@ -527,7 +527,7 @@ func TestDamperRateCap(t *testing.T) {
 	des := Plan{Objective: 10}
 	for _, l := range []HostPair{{"h1", "h2"}, {"h1", "h3"}, {"h2", "h3"}, {"h3", "h4"}} {
 		des.Links = append(des.Links, l)
-		des.Rules = append(des.Rules, Rule{l.A, "any", "m-" + l.B, "link:" + l.Name()})
+		des.Rules = append(des.Rules, Rule{l.A, "any", "m-" + l.B, "link:" + l.Name(), ""})
 	}
 	apply, held, why := d.Filter(t0, cur, des)
 	if ops(apply, "add-link") != 2 || ops(held, "add-link") != 2 || ops(apply, "add-rule") != 2 || ops(held, "add-rule") != 2 || !strings.Contains(why, "rate cap") {

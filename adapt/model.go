@@ -354,7 +354,10 @@ func ruleLess(a, b Rule) bool {
 	if a.Src != b.Src {
 		return a.Src < b.Src
 	}
-	return a.To < b.To
+	if a.To != b.To {
+		return a.To < b.To
+	}
+	return a.Filter < b.Filter
 }
 
 // feasible reports whether a link set (adjacency) is within the budget for host demands hd.

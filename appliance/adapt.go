@@ -125,7 +125,7 @@ func (p *Proxy) adaptInput(cfg AdaptConfig) (adapt.Input, adapt.Plan) {
 	}
 	for _, h := range sortedKeys(p.mu.rules) {
 		for _, r := range p.mu.rules[h] {
-			cur.Rules = append(cur.Rules, adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()})
+			cur.Rules = append(cur.Rules, adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String(), Filter: r.IP.String()})
 		}
 	}
 	p.mu.Unlock()
@@ -248,7 +248,7 @@ func (p *Proxy) adaptOnce(trigger string) {
 			case c.Op == "del-link" && c.Link != nil:
 				delete(d.links, c.Link.Name())
 			case c.Op == "add-rule" && c.Rule != nil:
-				r, err := bridge.ParseRule(c.Rule.Src, c.Rule.Dst, c.Rule.To)
+				r, err := bridge.ParseRuleFilter(c.Rule.Src, c.Rule.Dst, c.Rule.Filter, c.Rule.To)
 				if err != nil {
 					return err
 				}
@@ -256,7 +256,7 @@ func (p *Proxy) adaptOnce(trigger string) {
 					d.rules[c.Rule.Host] = append(d.rules[c.Rule.Host], r)
 				}
 			case c.Op == "del-rule" && c.Rule != nil:
-				r, err := bridge.ParseRule(c.Rule.Src, c.Rule.Dst, c.Rule.To)
+				r, err := bridge.ParseRuleFilter(c.Rule.Src, c.Rule.Dst, c.Rule.Filter, c.Rule.To)
 				if err != nil {
 					return err
 				}
@@ -294,7 +294,7 @@ func (p *Proxy) adaptOnce(trigger string) {
 	live := map[adapt.Rule]bool{} // rules through a deleted link went with it
 	for h, rs := range p.mu.rules {
 		for _, r := range rs {
-			live[adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()}] = true
+			live[adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String(), Filter: r.IP.String()}] = true
 		}
 	}
 	maps.DeleteFunc(p.mu.adaptedRules, func(r adapt.Rule, _ bool) bool { return !live[r] })
@@ -337,7 +337,7 @@ func (p *Proxy) DropAdapted() error {
 		}
 		for h, rs := range d.rules {
 			d.rules[h] = slices.DeleteFunc(rs, func(r bridge.Rule) bool {
-				return p.mu.adaptedRules[adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()}]
+				return p.mu.adaptedRules[adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String(), Filter: r.IP.String()}]
 			})
 		}
 		return nil

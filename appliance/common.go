@@ -70,7 +70,7 @@ func localVMs(sw *bridge.Switch, host string) []VMInfo {
 func ruleInfos(host string, rules []bridge.Rule) []RuleInfo {
 	out := []RuleInfo{}
 	for _, r := range rules {
-		out = append(out, RuleInfo{Host: host, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()})
+		out = append(out, RuleInfo{Host: host, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String(), Filter: r.IP.String()})
 	}
 	return out
 }
@@ -87,7 +87,19 @@ func ruleInfosHits(host string, sw *bridge.Switch) []RuleInfo {
 	return out
 }
 
-func parseRuleInfo(r RuleInfo) (bridge.Rule, error) { return bridge.ParseRule(r.Src, r.Dst, r.To) }
+func parseRuleInfo(r RuleInfo) (bridge.Rule, error) {
+	return bridge.ParseRuleFilter(r.Src, r.Dst, r.Filter, r.To)
+}
+
+// String is the rule as `vnet ctl rule add` takes it, after its host:
+// "HOST: SRC DST [FILTER] -> TO".
+func (r RuleInfo) String() string {
+	s := r.Host + ": " + r.Src + " " + r.Dst
+	if r.Filter != "" {
+		s += " " + r.Filter
+	}
+	return s + " -> " + r.To
+}
 
 func parseRuleInfos(rs []RuleInfo) ([]bridge.Rule, error) {
 	var out []bridge.Rule

@@ -386,6 +386,13 @@ func lookup(sw *bridge.Switch, q *lookupReq) (*lookupReply, error) {
 	}
 	d := sw.Lookup(q.In, src, dst)
 	r := &lookupReply{Outputs: d.Outputs, By: d.By, Rule: d.Rule}
+	for _, f := range d.Filters {
+		verb := "allowed"
+		if f.To.Kind == bridge.TargetDeny {
+			verb = "blocked"
+		}
+		r.Filters = append(r.Filters, fmt.Sprintf("%s for %s by the rule %s", verb, f.IP.Short(), f))
+	}
 	for _, role := range d.Roles {
 		r.Roles = append(r.Roles, role.String())
 	}

@@ -234,7 +234,7 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 	err = p.change(func(d *desired) error {
 		for h, rs := range d.rules {
 			d.rules[h] = slices.DeleteFunc(rs, func(r bridge.Rule) bool {
-				ar := adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String()}
+				ar := adapt.Rule{Host: h, Src: r.Src.String(), Dst: r.Dst.String(), To: r.To.String(), Filter: r.IP.String()}
 				if ar.Dst == vm.MAC && p.mu.adaptedRules[ar] {
 					dropped = append(dropped, ar)
 					return true

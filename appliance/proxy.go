@@ -818,17 +818,23 @@ func (p *Proxy) route(ctx context.Context, src, dst bridge.MAC) (Route, error) {
 			r.Note = err.Error()
 			return r, nil
 		}
+		if len(d.Filters) > 0 {
+			r.Filtered = true
+		}
 		if d.By == "deny" {
-			r.Hops = append(r.Hops, Hop{Host: host, To: "drop", By: d.By})
+			r.Hops = append(r.Hops, Hop{Host: host, To: "drop", By: d.By, Filters: d.Filters})
 			r.Note = fmt.Sprintf("blocked at %s by the rule %s", host, d.Rule)
+			if len(d.Filters) > 0 {
+				r.Note += " (but for the packets its filters allow)"
+			}
 			return r, nil
 		}
 		if len(d.Outputs) == 0 {
-			r.Hops = append(r.Hops, Hop{Host: host, To: "drop", By: d.By})
+			r.Hops = append(r.Hops, Hop{Host: host, To: "drop", By: d.By, Filters: d.Filters})
 			return r, nil
 		}
 		if d.By == "flood" {
-			r.Hops = append(r.Hops, Hop{Host: host, To: "flood", By: d.By})
+			r.Hops = append(r.Hops, Hop{Host: host, To: "flood", By: d.By, Filters: d.Filters})
 			r.Note = "the destination is unknown at " + host + ": the frame is flooded on the star"
 			return r, nil
 		}
@@ -837,11 +843,11 @@ func (p *Proxy) route(ctx context.Context, src, dst bridge.MAC) (Route, error) {
 			r.Note = fmt.Sprintf("%s fans out to %v; following the first", host, d.Outputs)
 		}
 		if role == bridge.RoleLocal.String() {
-			r.Hops = append(r.Hops, Hop{Host: host, To: "port:" + out, By: d.By})
+			r.Hops = append(r.Hops, Hop{Host: host, To: "port:" + out, By: d.By, Filters: d.Filters})
 			r.Delivered = true
 			return r, nil
 		}
-		r.Hops = append(r.Hops, Hop{Host: host, To: "link:" + out, By: d.By})
+		r.Hops = append(r.Hops, Hop{Host: host, To: "link:" + out, By: d.By, Filters: d.Filters})
 		next := p.farEnd(out, host)
 		if next == "" {
 			r.Note = "unknown link " + out
@@ -991,7 +997,7 @@ func (p *Proxy) rules() []RuleInfo {
 		}
 		for i := range rs {
 			for _, r := range reported {
-				if r.Src == rs[i].Src && r.Dst == rs[i].Dst && r.To == rs[i].To {
+				if r.Src == rs[i].Src && r.Dst == rs[i].Dst && r.To == rs[i].To && r.Filter == rs[i].Filter {
 					rs[i].Hits = r.Hits
 				}
 			}

@@ -249,7 +249,7 @@ func (p *Proxy) export() *topo.Topology {
 	}
 	p.mu.Unlock()
 	for _, r := range p.rules() {
-		t.Rules = append(t.Rules, topo.Rule{Host: r.Host, Src: r.Src, Dst: r.Dst, To: r.To})
+		t.Rules = append(t.Rules, topo.Rule{Host: r.Host, Src: r.Src, Dst: r.Dst, To: r.To, Filter: r.Filter})
 	}
 	t.Canonical()
 	return t
@@ -307,7 +307,7 @@ func (p *Proxy) apply(t *topo.Topology, o applyOpts) (ApplyResult, error) {
 			case c.Link != nil && c.Op == topo.OpDel:
 				delete(d.links, c.Link.Name())
 			case c.Rule != nil:
-				r, err := bridge.ParseRule(c.Rule.Src, c.Rule.Dst, c.Rule.To)
+				r, err := bridge.ParseRuleFilter(c.Rule.Src, c.Rule.Dst, c.Rule.Filter, c.Rule.To)
 				if err != nil {
 					return badRequest("%s: %v", c, err)
 				}
@@ -433,14 +433,14 @@ func (p *Proxy) routes() *http.ServeMux {
 		if err := decodeBody(r, &ri); err != nil {
 			return nil, err
 		}
-		return map[string]string{"added": ri.Host + ": " + ri.Src + " " + ri.Dst + " -> " + ri.To}, p.addRule(ri)
+		return map[string]string{"added": ri.String()}, p.addRule(ri)
 	}))
 	mux.HandleFunc("DELETE /api/v1/rules", handle(func(r *http.Request) (any, error) {
 		var ri RuleInfo
 		if err := decodeBody(r, &ri); err != nil {
 			return nil, err
 		}
-		return map[string]string{"removed": ri.Host + ": " + ri.Src + " " + ri.Dst + " -> " + ri.To}, p.delRule(ri)
+		return map[string]string{"removed": ri.String()}, p.delRule(ri)
 	}))
 	mux.HandleFunc("GET /api/v1/matrix", handle(func(r *http.Request) (any, error) {
 		last, err := parseLast(r)

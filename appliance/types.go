@@ -76,6 +76,9 @@ type RuleInfo struct {
 	Src  string `json:"src"`
 	Dst  string `json:"dst"`
 	To   string `json:"to"`
+	// Filter is a deny or allow rule's IP filter, e.g. "ip4 proto tcp to
+	// 10.0.0.5 port 22" (see `vnet ctl --help`); absent: none.
+	Filter string `json:"filter,omitempty"`
 	// Hits counts the frames the rule decided, on the host that has it (in
 	// `rules` answers and host reports; never an input).
 	Hits uint64 `json:"hits,omitempty"`
@@ -94,6 +97,10 @@ type Hop struct {
 	Host string `json:"host"`
 	To   string `json:"to"`
 	By   string `json:"by,omitempty"` // rule, mac, flood
+	// Filters are the rules with an IP filter at this hop that decide
+	// otherwise for the packets they match ("blocked for tcp/22 by the
+	// rule ..."): the hop holds for every other packet.
+	Filters []string `json:"filters,omitempty"`
 }
 
 // Route is the answer to `route SRC DST`.
@@ -101,6 +108,9 @@ type Route struct {
 	Hops      []Hop  `json:"hops"`
 	Delivered bool   `json:"delivered"`
 	Note      string `json:"note,omitempty"`
+	// Filtered says that rules with an IP filter on the way decide
+	// otherwise for some packets (see each hop's filters).
+	Filtered bool `json:"filtered,omitempty"`
 }
 
 // PortInfo is one switch port's counters (`vnet ctl status`).
@@ -228,6 +238,9 @@ type lookupReply struct {
 	Roles   []string `json:"roles"`
 	By      string   `json:"by"`
 	Rule    string   `json:"rule,omitempty"` // the deciding rule
+	// Filters: rules with an IP filter that decide instead for the frames
+	// they match, e.g. "blocked for tcp/22 by the rule ...".
+	Filters []string `json:"filters,omitempty"`
 }
 
 func encodeCtrl(m *ctrlMsg) []byte {

@@ -111,6 +111,7 @@ type Switch struct {
 type ruleSet struct {
 	rules []Rule
 	hits  []atomic.Uint64
+	filt  []filterRule // the rules with an IP filter, compiled
 }
 
 // New returns a switch with no ports.
@@ -265,6 +266,7 @@ func (s *Switch) SetRules(rules []Rule) error {
 		return err
 	}
 	rs := &ruleSet{rules: append([]Rule(nil), rules...), hits: make([]atomic.Uint64, len(rules))}
+	rs.filt = compileFilters(rs.rules)
 	s.mu.Lock()
 	s.rules.Store(rs)
 	s.gen.Add(1)
@@ -309,6 +311,7 @@ func (s *Switch) Close() {
 type decision struct {
 	gen  uint64
 	act  ruleAction
+	best int8  // the top score of the rules without an IP filter
 	n    int8  // outputs, for actForward
 	hit  int32 // the deciding rule, or -1
 	outs [8]*portState
@@ -467,7 +470,7 @@ func (r *reader) forward(f *frame, now int64) bool {
 	matched := false
 	if rs := s.rules.Load(); len(rs.rules) > 0 {
 		var act ruleAction
-		outs, act = r.ruleOutputs(rs, set, src, dst, outs)
+		outs, act = r.ruleOutputs(rs, set, src, dst, d[:n], outs)
 		if act == actDeny {
 			in.c.drops[DropDenied].Add(1)
 			return false
@@ -513,9 +516,11 @@ func (r *reader) forward(f *frame, now int64) bool {
 	return true
 }
 
-// ruleOutputs returns the outputs chosen by rules, from the cache when it is
-// current, and what the rules decided; it counts the deciding rule's hit.
-func (r *reader) ruleOutputs(rs *ruleSet, set *portSet, src, dst MAC, outs []*portState) ([]*portState, ruleAction) {
+// ruleOutputs returns the outputs chosen by rules for frame d, from the
+// cache when it is current, and what the rules decided; it counts the
+// deciding rule's hit. The MAC-only decision is cached per (src, dst); rules
+// with an IP filter that outrank it are tried on every frame.
+func (r *reader) ruleOutputs(rs *ruleSet, set *portSet, src, dst MAC, d []byte, outs []*portState) ([]*portState, ruleAction) {
 	gen := r.s.gen.Load()
 	var k cacheKey
 	copy(k[:6], src[:])
@@ -537,10 +542,16 @@ func (r *reader) ruleOutputs(rs *ruleSet, set *portSet, src, dst MAC, outs []*po
 			r.cache[k] = dec
 		}
 		var matchedOuts [8]*portState
-		got, act, hit := matchRules(rs.rules, set, nil, src, dst, matchedOuts[:0])
-		dec.gen, dec.act, dec.hit, dec.n = gen, act, int32(hit), 0
+		got, act, hit, best := matchRules(rs.rules, set, nil, src, dst, matchedOuts[:0])
+		dec.gen, dec.act, dec.hit, dec.best, dec.n = gen, act, int32(hit), int8(best), 0
 		if act == actForward {
 			dec.n = int8(copy(dec.outs[:], got))
+		}
+	}
+	if len(rs.filt) > 0 {
+		if act, hit := matchFilters(rs.filt, src, dst, int(dec.best), d); act != actNone {
+			rs.hits[hit].Add(1)
+			return outs, act
 		}
 	}
 	if dec.hit >= 0 && int(dec.hit) < len(rs.hits) {
@@ -769,6 +780,10 @@ type Decision struct {
 	Roles   []Role
 	By      string // "rule", "deny", "mac", "flood" or "none"
 	Rule    string // the deciding rule, if a rule decided (or allowed)
+	// Filters are the rules with an IP filter that outrank the decision
+	// above for the frames they match (it depends on the packet): the
+	// decision holds for every other frame.
+	Filters []Rule
 }
 
 // Lookup answers Decision for `vnet ctl route` without sending anything.
@@ -777,18 +792,22 @@ func (s *Switch) Lookup(in string, src, dst MAC) Decision {
 	inp := set.byName[in]
 	var outs []*portState
 	by, rule := "none", ""
+	var filters []Rule
 	if rs := s.rules.Load(); len(rs.rules) > 0 {
 		var act ruleAction
-		var hit int
-		outs, act, hit = matchRules(rs.rules, set, inp, src, dst, nil)
+		var hit, best int
+		outs, act, hit, best = matchRules(rs.rules, set, inp, src, dst, nil)
 		if hit >= 0 {
 			rule = rs.rules[hit].String()
+		}
+		for _, i := range filterCandidates(rs.filt, src, dst, best) {
+			filters = append(filters, rs.rules[i])
 		}
 		switch act {
 		case actForward:
 			by = "rule"
 		case actDeny:
-			return Decision{By: "deny", Rule: rule}
+			return Decision{By: "deny", Rule: rule, Filters: filters}
 		}
 	}
 	if by == "none" && !dst.IsMulticast() {
@@ -810,7 +829,7 @@ func (s *Switch) Lookup(in string, src, dst MAC) Decision {
 			by = "flood"
 		}
 	}
-	d := Decision{By: by, Rule: rule}
+	d := Decision{By: by, Rule: rule, Filters: filters}
 	for _, p := range outs {
 		d.Outputs = append(d.Outputs, p.name)
 		d.Roles = append(d.Roles, p.role)

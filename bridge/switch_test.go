@@ -55,7 +55,13 @@ func (r *rig) remove(n string) {
 func (r *rig) send(in string, src, dst bridge.MAC) map[string]bool {
 	r.t.Helper()
 	payload := []byte(fmt.Sprintf("payload %s->%s via %s %d", src, dst, in, time.Now().UnixNano()))
-	f := bridgetest.Frame(dst, src, payload)
+	return r.sendFrame(in, bridgetest.Frame(dst, src, payload))
+}
+
+// sendFrame injects frame f on port in and returns the set of ports it came
+// out of.
+func (r *rig) sendFrame(in string, f []byte) map[string]bool {
+	r.t.Helper()
 	r.ports[in].Inject(f)
 	got := map[string]bool{}
 	deadline := time.After(quiet * 4)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"vnet/bridge/ipfilter"
 )
 
 // SyntaxError is an error in the topology text, at a line.
@@ -224,10 +226,23 @@ func (p *parseState) rule(l *lineToks) error {
 	if r.Dst, err = ParseMatch(s); err != nil {
 		return fmt.Errorf("destination: %w", err)
 	}
-	if err := l.expect("->", "destination"); err != nil {
+	start := l.i
+	for l.more() && l.toks[l.i] != "->" {
+		l.i++
+	}
+	if !l.more() { // no arrow: say what was expected where
+		l.i = start
+		return l.expect("->", "destination")
+	}
+	if l.i > start {
+		if r.Filter, err = ParseFilter(strings.Join(l.toks[start:l.i], " ")); err != nil {
+			return err
+		}
+	}
+	if err := l.expect("->", "the destination or filter"); err != nil {
 		return err
 	}
-	s, err = l.next("a target (`link:NAME` or `port:NAME`) after `->`")
+	s, err = l.next("a target (`link:NAME`, `port:NAME`, `deny` or `allow`) after `->`")
 	if err != nil {
 		return err
 	}
@@ -235,6 +250,9 @@ func (p *parseState) rule(l *lineToks) error {
 		return err
 	}
 	if err := l.end("the target"); err != nil {
+		return err
+	}
+	if err := checkFilterTarget(r); err != nil {
 		return err
 	}
 	p.t.Rules = append(p.t.Rules, r)
@@ -359,6 +377,24 @@ func ParseTarget(s string) (string, error) {
 	return s, nil
 }
 
+// ParseFilter parses a rule's IP filter (see the package documentation)
+// and returns it in canonical form; "" for none.
+func ParseFilter(s string) (string, error) {
+	f, err := ipfilter.Parse(s)
+	if err != nil {
+		return "", err
+	}
+	return f.String(), nil
+}
+
+// checkFilterTarget checks that only access rules have a filter.
+func checkFilterTarget(r Rule) error {
+	if r.Filter != "" && r.To != "deny" && r.To != "allow" {
+		return fmt.Errorf("an IP filter needs the target `deny` or `allow`, got %s", quote(r.To))
+	}
+	return nil
+}
+
 // checkHost checks a host name.
 func checkHost(h string) error {
 	ok := len(h) >= 1 && len(h) <= MaxHostLen && isAlnum(h[0])
@@ -450,8 +486,17 @@ func checkRule(r Rule) error {
 			return fmt.Errorf("%s %s is not in normal form (%s)", m.side, quote(m.s), n)
 		}
 	}
-	_, err := ParseTarget(r.To)
-	return err
+	if _, err := ParseTarget(r.To); err != nil {
+		return err
+	}
+	n, err := ParseFilter(r.Filter)
+	if err != nil {
+		return err
+	}
+	if n != r.Filter {
+		return fmt.Errorf("filter %s is not in normal form (%s)", quote(r.Filter), n)
+	}
+	return checkFilterTarget(r)
 }
 
 func vmConflict(v, old VM) error {

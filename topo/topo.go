@@ -23,7 +23,7 @@
 //	host NAME
 //	vm MAC on HOST [port PORT]
 //	link HOST HOST [kind tcp|udp|quic]
-//	rule HOST MATCH MATCH -> TARGET
+//	rule HOST MATCH MATCH [FILTER] -> TARGET
 //
 // where
 //
@@ -46,6 +46,13 @@
 //	            hosts A and B is named "A-B" with A < B (see [Link.Name]);
 //	            the star link of host H is named "star-H" (see
 //	            [StarLinkName]).
+//	FILTER      for deny and allow only: clauses that make the rule match
+//	            only some IP frames, each at most once, in any order:
+//	            "ip", "ip4" or "ip6" (the family), "proto P" (tcp, udp,
+//	            icmp, icmpv6 or 0-255), "from ADDR[/LEN]", "to ADDR[/LEN]"
+//	            and "port N[-M]" (the destination port; needs proto tcp or
+//	            udp). Written back as family, proto, from, to, port, with
+//	            prefixes masked (see package vnet/bridge/ipfilter).
 //
 // The facts:
 //
@@ -67,6 +74,11 @@
 //     tied at the highest specificity fires, which gives deliberate
 //     fan-out (see the bridge package for the scores). not: on both sides
 //     is allowed.
+//   - rule HOST SRC DST FILTER -> deny|allow is an access rule that applies
+//     only to the IP frames FILTER matches ("rule h1 any any proto tcp to
+//     10.0.0.5 port 22 -> deny"); frames that are not IP (ARP) never match
+//     it. It ranks above a rule with the same MAC matches and no filter,
+//     below rules with more specific MACs.
 //
 // Identical lines are merged. Everything else that breaks the rules above
 // is an error naming the line and what was expected there, for example
@@ -91,6 +103,7 @@
 //
 //	rule h1 52:54:00:00:00:01 52:54:00:00:00:04 -> deny
 //	rule h1 any 52:54:00:00:00:02 -> link:h1-h2
+//	rule h1 any 52:54:00:00:00:02 ip4 proto tcp port 22 -> deny
 //	rule h2 52:54:00:00:00:02 52:54:00:00:00:01 -> link:h1-h2
 //	rule h2 not:52:54:00:00:00:09 any -> port:tap1
 //	rule proxy any 52:54:00:00:00:03 -> link:star-h3
@@ -182,13 +195,16 @@ type Link struct {
 
 // Rule is a forwarding rule placed on Host: frames whose source matches Src
 // and destination matches Dst go to To. Src and Dst are "any", a MAC or
-// "not:MAC" (MACs in lower-case colon form); To is "link:NAME" or
-// "port:NAME".
+// "not:MAC" (MACs in lower-case colon form); To is "link:NAME",
+// "port:NAME", "deny" or "allow"; a deny or allow may have an IP Filter.
 type Rule struct {
 	Host string `json:"host"`
 	Src  string `json:"src"`
 	Dst  string `json:"dst"`
 	To   string `json:"to"`
+	// Filter is an access rule's IP filter in canonical form (see
+	// [ParseFilter]), or "" for none.
+	Filter string `json:"filter,omitempty"`
 }
 
 // Name returns the link's name as rules refer to it: "A-B" with the host
@@ -225,7 +241,11 @@ func (l Link) String() string {
 
 // String returns r as a line of the topology language.
 func (r Rule) String() string {
-	return "rule " + r.Host + " " + r.Src + " " + r.Dst + " -> " + r.To
+	s := "rule " + r.Host + " " + r.Src + " " + r.Dst
+	if r.Filter != "" {
+		s += " " + r.Filter
+	}
+	return s + " -> " + r.To
 }
 
 // Canonical puts t in canonical form, in place: MACs (in VMs and in rule
@@ -254,6 +274,9 @@ func (t *Topology) Canonical() {
 		}
 		if m, err := ParseMatch(r.Dst); err == nil {
 			r.Dst = m
+		}
+		if f, err := ParseFilter(r.Filter); err == nil {
+			r.Filter = f
 		}
 	}
 	for _, v := range t.VMs {
@@ -344,7 +367,7 @@ func compareLink(a, b Link) int {
 
 func compareRule(a, b Rule) int {
 	return cmp.Or(cmp.Compare(a.Host, b.Host), cmp.Compare(a.Src, b.Src),
-		cmp.Compare(a.Dst, b.Dst), cmp.Compare(a.To, b.To))
+		cmp.Compare(a.Dst, b.Dst), cmp.Compare(a.Filter, b.Filter), cmp.Compare(a.To, b.To))
 }
 
 // sortUniq sorts s, drops duplicates and returns nil for an empty result.

@@ -57,8 +57,8 @@ rule h2 not:52:54:00:00:00:09 any -> port:tap1
 			VMs:   []VM{{mac1, "h1", "tap0"}, {mac2, "h2", ""}},
 			Links: []Link{{"h1", "h2", "tcp"}},
 			Rules: []Rule{
-				{"h1", "any", mac2, "link:h1-h2"},
-				{"h2", "not:" + mac9, "any", "port:tap1"},
+				{"h1", "any", mac2, "link:h1-h2", ""},
+				{"h2", "not:" + mac9, "any", "port:tap1", ""},
 			},
 		}},
 		{"hosts implied, sorted", "rule proxy any any -> link:star-b\nvm 52:54:00:00:00:01 on c\nlink b a\n",
@@ -66,13 +66,13 @@ rule h2 not:52:54:00:00:00:09 any -> port:tap1
 				Hosts: []string{"a", "b", "c", "proxy"},
 				VMs:   []VM{{mac1, "c", ""}},
 				Links: []Link{{"a", "b", ""}},
-				Rules: []Rule{{"proxy", "any", "any", "link:star-b"}},
+				Rules: []Rule{{"proxy", "any", "any", "link:star-b", ""}},
 			}},
 		{"macs normalised", "vm 52-54-00-AB-cd-EF on h1\nrule h1 52-54-00-00-00-0A not:52:54:00:00:00:0B -> port:p\n",
 			&Topology{
 				Hosts: []string{"h1"},
 				VMs:   []VM{{"52:54:00:ab:cd:ef", "h1", ""}},
-				Rules: []Rule{{"h1", "52:54:00:00:00:0a", "not:52:54:00:00:00:0b", "port:p"}},
+				Rules: []Rule{{"h1", "52:54:00:00:00:0a", "not:52:54:00:00:00:0b", "port:p", ""}},
 			}},
 		{"duplicates merged, link reversed", "host h1\nhost h1\nlink h1 h2 kind udp\nlink h2 h1 kind udp\n" +
 			"vm 52:54:00:00:00:01 on h1\nvm 52:54:00:00:00:01 on h1\n" +
@@ -81,17 +81,17 @@ rule h2 not:52:54:00:00:00:09 any -> port:tap1
 				Hosts: []string{"h1", "h2"},
 				VMs:   []VM{{mac1, "h1", ""}},
 				Links: []Link{{"h1", "h2", "udp"}},
-				Rules: []Rule{{"h1", "any", "any", "port:a"}},
+				Rules: []Rule{{"h1", "any", "any", "port:a", ""}},
 			}},
 		{"fan-out rules kept", "rule h1 any any -> port:a\nrule h1 any any -> port:b\n",
 			&Topology{
 				Hosts: []string{"h1"},
-				Rules: []Rule{{"h1", "any", "any", "port:a"}, {"h1", "any", "any", "port:b"}},
+				Rules: []Rule{{"h1", "any", "any", "port:a", ""}, {"h1", "any", "any", "port:b", ""}},
 			}},
 		{"not on both sides", "rule h1 not:52:54:00:00:00:01 not:52:54:00:00:00:02 -> link:x\n",
 			&Topology{
 				Hosts: []string{"h1"},
-				Rules: []Rule{{"h1", "not:" + mac1, "not:" + mac2, "link:x"}},
+				Rules: []Rule{{"h1", "not:" + mac1, "not:" + mac2, "link:x", ""}},
 			}},
 		{"tabs, CRLF, trailing comment, no final newline",
 			"host\th1 # the first\r\nlink  h1\th2   kind quic#fast\r\nvm 52:54:00:00:00:01 on h1 port /run/vm1.sock",
@@ -103,7 +103,14 @@ rule h2 not:52:54:00:00:00:09 any -> port:tap1
 		{"odd but valid names", "host A.b_c-9\nrule 0x any any -> port:_.-/\n",
 			&Topology{
 				Hosts: []string{"0x", "A.b_c-9"},
-				Rules: []Rule{{"0x", "any", "any", "port:_.-/"}},
+				Rules: []Rule{{"0x", "any", "any", "port:_.-/", ""}},
+			}},
+		{"ip filters normalised", "rule h1 any any port 22 proto tcp to 10.0.0.7/24 -> deny\n" +
+			"rule h1 any any proto icmpv6 -> allow\nrule h1 any any ip -> deny\n",
+			&Topology{
+				Hosts: []string{"h1"},
+				Rules: []Rule{{"h1", "any", "any", "deny", "ip"}, {"h1", "any", "any", "deny", "ip4 proto tcp to 10.0.0.0/24 port 22"},
+					{"h1", "any", "any", "allow", "ip6 proto icmpv6"}},
 			}},
 		{"vm locally administered", "vm 02:00:00:00:00:01 on h1\n",
 			&Topology{Hosts: []string{"h1"}, VMs: []VM{{"02:00:00:00:00:01", "h1", ""}}}},
@@ -133,8 +140,13 @@ func TestParseInvalid(t *testing.T) {
 		{"unicode space is not a separator", "host\u00a0h1\n", 1, `unknown keyword "host\u00a0h1"`},
 		{"keyword case", "HOST h1\n", 1, `unknown keyword "HOST"`},
 		{"arrow missing", "host h1\n# c\nrule h1 any any foo port:x\n", 3, "expected `->` after destination, got \"foo\""},
+		{"bad filter word", "rule h1 any any foo -> deny\n", 1, `filter: unknown word "foo"`},
+		{"filter on a forwarding rule", "rule h1 any any proto tcp -> link:h1-h2\n", 1, "an IP filter needs the target `deny` or `allow`"},
+		{"filter port without proto", "rule h1 any any port 22 -> deny\n", 1, "`port` needs `proto tcp`"},
+		{"filter families", "rule h1 any any from 10.0.0.1 to fd77::1 -> deny\n", 1, "write two rules"},
+		{"filter bad prefix", "rule h1 any any to 10.0.0.0/33 -> deny\n", 1, "expected an address or ADDR/LEN"},
 		{"arrow at end", "rule h1 any any\n", 1, "expected `->` after destination, got end of line"},
-		{"no target", "rule h1 any any ->\n", 1, "expected a target (`link:NAME` or `port:NAME`) after `->`, got end of line"},
+		{"no target", "rule h1 any any ->\n", 1, "expected a target (`link:NAME`, `port:NAME`, `deny` or `allow`) after `->`, got end of line"},
 		{"bad target", "rule h1 any any -> vm:x\n", 1, "expected a target `link:NAME`, `port:NAME`, `deny` or `allow`, got \"vm:x\""},
 		{"empty target name", "rule h1 any any -> link:\n", 1, "expected a link name"},
 		{"target after", "rule h1 any any -> link:x y\n", 1, "expected end of line after the target, got \"y\""},
@@ -278,10 +290,10 @@ func TestFormat(t *testing.T) {
 	// Out of order, duplicated, other spellings: Format writes canonicalText.
 	top := &Topology{
 		Rules: []Rule{
-			{"proxy", "any", "52-54-00-00-00-01", "link:star-h1"},
-			{"h2", "not:52:54:00:00:00:09", "any", "port:tap1"},
-			{"h1", "any", mac2, "link:h1-h2"},
-			{"h1", "any", mac2, "link:h1-h2"},
+			{"proxy", "any", "52-54-00-00-00-01", "link:star-h1", ""},
+			{"h2", "not:52:54:00:00:00:09", "any", "port:tap1", ""},
+			{"h1", "any", mac2, "link:h1-h2", ""},
+			{"h1", "any", mac2, "link:h1-h2", ""},
 		},
 		Links: []Link{{"h2", "h1", "tcp"}},
 		VMs:   []VM{{mac2, "h2", ""}, {"52:54:00:00:00:01", "h1", "tap0"}},
@@ -313,9 +325,9 @@ func TestFormatRejectsInvalid(t *testing.T) {
 		{Topology{VMs: []VM{{mac1, "h 1", ""}}}, "host name"},
 		{Topology{VMs: []VM{{mac1, "h1", "a#b"}}}, "port name"},
 		{Topology{Hosts: []string{""}}, "host name"},
-		{Topology{Rules: []Rule{{"h1", "any", "any", "link:a b"}}}, "link name"},
-		{Topology{Rules: []Rule{{"h1", "all", "any", "link:x"}}}, "source"},
-		{Topology{Rules: []Rule{{"h1", "any", "any", ""}}}, "target"},
+		{Topology{Rules: []Rule{{"h1", "any", "any", "link:a b", ""}}}, "link name"},
+		{Topology{Rules: []Rule{{"h1", "all", "any", "link:x", ""}}}, "source"},
+		{Topology{Rules: []Rule{{"h1", "any", "any", "", ""}}}, "target"},
 	}
 	for _, tt := range tests {
 		var b bytes.Buffer
@@ -637,7 +649,7 @@ func TestCanonicalAndEqual(t *testing.T) {
 		Hosts: []string{"b", "a", "b"},
 		Links: []Link{{"b", "a", ""}, {"a", "b", ""}},
 		VMs:   []VM{{"52-54-00-00-00-0A", "c", ""}},
-		Rules: []Rule{{"a", "not:52-54-00-00-00-0A", "any", "port:x"}},
+		Rules: []Rule{{"a", "not:52-54-00-00-00-0A", "any", "port:x", ""}},
 	}
 	b := mustParse(t, "link a b\nvm 52:54:00:00:00:0a on c\nrule a not:52:54:00:00:00:0a any -> port:x\n")
 	if !a.Equal(b) || !b.Equal(a) {
@@ -662,6 +674,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("link h2 h1 kind udp\nrule h1 52-54-00-00-00-0A not:52:54:00:00:00:0B -> port:p # c\r\n"))
 	f.Add([]byte("vm 52:54:00:00:00:01 on h1\nvm 52:54:00:00:00:01 on h2\n"))
 	f.Add([]byte("rule h1 any any foo port:x\n"))
+	f.Add([]byte("rule h1 any 52:54:00:00:00:02 proto tcp from 10.0.0.0/24 to 10.0.0.5 port 22-23 -> deny\n"))
+	f.Add([]byte("rule h1 any any ip6 proto 47 from fd77::/64 -> allow\nrule h1 any any ip -> deny\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		top, err := Parse(bytes.NewReader(in))
 		if err != nil {
