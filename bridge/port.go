@@ -47,3 +47,14 @@ type Port interface {
 
 // ErrClosed is what a closed port's Read returns.
 var ErrClosed = net.ErrClosed
+
+// QuickPort is a Port whose Write returns at once whatever its peer does (a
+// TAP device, a datagram link, an in-process VM: they drop rather than
+// wait). The switch may write a lone frame to it from the reader's
+// goroutine, when its writer is idle, to save a goroutine wake-up on the
+// latency path. Ports whose Write may block on a slow peer (streams) must
+// not report true: the reader would stall with them.
+type QuickPort interface {
+	Port
+	QuickWrites() bool
+}

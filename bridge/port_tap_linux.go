@@ -271,6 +271,10 @@ func (p *TAPPort) BatchSize() int {
 	return tapBatch
 }
 
+// QuickWrites implements QuickPort: a TAP write hands the frame to the
+// kernel, which drops rather than waits when its backlog is full.
+func (p *TAPPort) QuickWrites() bool { return true }
+
 // Drops returns the frames the port dropped itself, by reason ("runt",
 // "oversize", "write-error"); only non-zero reasons appear.
 func (p *TAPPort) Drops() map[string]uint64 { return p.drops.snapshot() }

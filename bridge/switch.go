@@ -61,6 +61,16 @@ type portState struct {
 	offload bool         // port is an OffloadPort that Offloads
 	lim     LimitPort    // the port, if it may not carry every frame whole
 	supers  atomic.Int32 // super-frames in queue
+
+	// The writer's state, shared between routineWrite and readers that
+	// write a lone frame themselves (reader.send): whoever holds wmu owns w.
+	// inflight counts frames queued and not yet written; a reader writes
+	// directly only when it is zero, so no frame overtakes one queued
+	// before it.
+	quick    bool // the port is a QuickPort that QuickWrites
+	wmu      sync.Mutex
+	w        *writer
+	inflight atomic.Int32
 }
 
 // portSet is an immutable snapshot of the attached ports, replaced as a
@@ -180,6 +190,10 @@ func (s *Switch) AddPort(name string, role Role, p Port) error {
 	if lp, ok := p.(LimitPort); ok {
 		ps.lim = lp
 	}
+	if qp, ok := p.(QuickPort); ok && qp.QuickWrites() {
+		ps.quick = true
+	}
+	ps.w = newWriter(s, ps)
 	s.publishLocked(old, ps, "")
 	ps.wg.Add(2)
 	go s.routineRead(ps)
@@ -371,6 +385,7 @@ func (s *Switch) routineRead(in *portState) {
 			s.observer.ObserveBatch(in.name, in.role, views)
 		}
 		now := time.Now().UnixNano()
+		r.lone = n == 1
 		for i := 0; i < n; i++ {
 			if f := frames[i]; f.super() && f.n <= MaxFrame {
 				// A small frame from an offloading port leaves in a small
@@ -406,6 +421,8 @@ type reader struct {
 	cache map[cacheKey]*decision
 	spare []*decision // evicted cache entries, reused
 	outs  []*portState
+	// lone is set while the reader forwards a batch of one frame (send).
+	lone bool
 	// bcastDue paces the port's broadcasts (GCRA, a token bucket in one
 	// number): the time at which its next one would be on schedule. A frame
 	// may run up to a second (a burst of BroadcastRate frames) ahead of it.
@@ -510,10 +527,30 @@ func (r *reader) forward(f *frame, now int64) bool {
 		c := s.getFrame(f.super())
 		c.n, c.from = n, in
 		copy(c.buf[Headroom-VnetHdrLen:], f.buf[Headroom-VnetHdrLen:Headroom+n])
-		s.enqueue(p, c)
+		r.send(p, c)
 	}
-	s.enqueue(outs[0], f)
+	r.send(outs[0], f)
 	return true
+}
+
+// send hands f to p's writer. A lone frame (the reader's whole batch: the
+// port is not busy, and someone may be waiting for this frame) to a quick
+// port whose writer is idle and has nothing queued is written here and
+// now, which saves the wake-up of the writer's goroutine on the latency
+// path: two of them per hop and direction.
+func (r *reader) send(p *portState, f *frame) {
+	if r.lone && p.quick && p.inflight.Load() == 0 && p.wmu.TryLock() {
+		if p.inflight.Load() == 0 && !p.removed.Load() {
+			w := p.w
+			w.refreshLimit()
+			w.process(f)
+			w.flush()
+			p.wmu.Unlock()
+			return
+		}
+		p.wmu.Unlock()
+	}
+	r.s.enqueue(p, f)
 }
 
 // ruleOutputs returns the outputs chosen by rules for frame d, from the
@@ -576,9 +613,11 @@ func (s *Switch) enqueue(p *portState, f *frame) {
 		s.putFrame(f)
 		return
 	}
+	p.inflight.Add(1)
 	select {
 	case p.queue <- f:
 	default:
+		p.inflight.Add(-1)
 		if super {
 			p.supers.Add(-1)
 		}
@@ -592,38 +631,51 @@ func (s *Switch) enqueue(p *portState, f *frame) {
 // writer's goroutine, so only the port that needs it pays.
 func (s *Switch) routineWrite(p *portState) {
 	defer p.wg.Done()
-	w := writer{s: s, p: p, bs: max(p.port.BatchSize(), 1)}
-	w.batch = make([]*frame, 0, w.bs)
-	w.bufs = make([][]byte, w.bs)
-	w.emit = w.put
+	w := p.w
 	for {
 		select {
 		case f := <-p.queue:
+			p.wmu.Lock()
 			w.refreshLimit()
 			w.take(f)
 		case <-p.done:
+			p.wmu.Lock()
 			w.release()
 			for {
 				select {
 				case f := <-p.queue:
 					w.popped(f)
+					p.inflight.Add(-1)
 					s.putFrame(f)
 				default:
+					p.wmu.Unlock()
 					return
 				}
 			}
 		}
+		n := int32(1)
 	fill:
 		for len(w.batch) < w.bs {
 			select {
 			case f := <-p.queue:
 				w.take(f)
+				n++
 			default:
 				break fill
 			}
 		}
 		w.flush()
+		p.inflight.Add(-n)
+		p.wmu.Unlock()
 	}
+}
+
+func newWriter(s *Switch, p *portState) *writer {
+	w := &writer{s: s, p: p, bs: max(p.port.BatchSize(), 1)}
+	w.batch = make([]*frame, 0, w.bs)
+	w.bufs = make([][]byte, w.bs)
+	w.emit = w.put
+	return w
 }
 
 // writer is routineWrite's state.
@@ -649,9 +701,14 @@ func (w *writer) popped(f *frame) {
 	}
 }
 
-// take queues f for the next write, made plain first if the port wants.
+// take queues f, just popped from the port's queue, for the next write.
 func (w *writer) take(f *frame) {
 	w.popped(f)
+	w.process(f)
+}
+
+// process adds f to the batch, made plain first if the port wants.
+func (w *writer) process(f *frame) {
 	if w.p.offload || IsPlainHdr(f.slot()) {
 		w.put(f)
 		return

@@ -309,6 +309,9 @@ func (g *Gateway) Write(bufs [][]byte, offset int) (int, error) {
 }
 func (g *Gateway) BatchSize() int { return g.vm.BatchSize() }
 
+// QuickWrites makes the gateway, like its VM, a bridge.QuickPort.
+func (g *Gateway) QuickWrites() bool { return g.vm.QuickWrites() }
+
 // Close stops the servers, the NAT and the published ports, and waits for
 // their goroutines. Safe to call more than once.
 func (g *Gateway) Close() error {

@@ -155,6 +155,11 @@ func (l *Link) Err() error {
 // BatchSize implements bridge.Port.
 func (l *Link) BatchSize() int { return linkBatch }
 
+// QuickWrites implements bridge.QuickPort: a datagram link's Write sends
+// and returns (the network drops what it cannot take); a stream's may wait
+// for a slow peer's window.
+func (l *Link) QuickWrites() bool { return l.t.kind() == "udp" }
+
 // Close implements bridge.Port.
 func (l *Link) Close() error { l.fail(nil); return nil }
 

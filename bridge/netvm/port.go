@@ -148,6 +148,10 @@ func (v *VM) Write(bufs [][]byte, offset int) (int, error) {
 // BatchSize implements bridge.Port.
 func (v *VM) BatchSize() int { return BatchSize }
 
+// QuickWrites implements bridge.QuickPort: Write hands frames to the stack,
+// which queues or drops them without waiting.
+func (v *VM) QuickWrites() bool { return true }
+
 // Stats is a snapshot of a VM's counters. Tx is what the VM sent (returned
 // by Read), Rx what it was given (by Write).
 type Stats struct {
