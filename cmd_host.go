@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -64,9 +66,12 @@ Examples:
   sudo vnet host --name h1 --proxy tcp://203.0.113.5:5000 --key-file net.key --tap vm0
   vnet host --name h2 --proxy tcp://203.0.113.5:5000 --key-file net.key --qemu-socket /tmp/vm1.sock
 
-SIGHUP re-reads --config FILE: broadcast-rate, api-token-file (also a new
-token in the same file) and log-level change live; any other setting that
-changed is logged as needing a restart (VM ports included).
+SIGHUP (or 'vnet ctl --api HOSTAPI reload') re-reads --config FILE:
+broadcast-rate, api-token-file (also a new token in the same file),
+log-level and the VM ports tap, qemu-socket and qemu-connect change live
+(ports that left the file are closed, new ones opened; the others carry
+traffic throughout); any other setting that changed is logged as needing a
+restart.
 
 `+configHelp)
 	o.name = fs.String("name", "", "this host's name, unique in the network (required)")
@@ -164,36 +169,84 @@ func runHost(ctx context.Context, args []string) error {
 		return err
 	}
 	cfg.Ports = ports
-	var h *appliance.Host
+	// The host's API may ask for a reload while NewHost still runs: the
+	// live settings find the host through hp, set once it is made.
+	var hp atomic.Pointer[appliance.Host]
+	host := hp.Load
 	r := newReloader(args, func() *pflag.FlagSet { fs, _ := hostFlags(); return fs }, fs)
-	commonLive(r, func() *bridge.Switch { return h.Switch() }, func(tok string) error { return h.SetAPIToken(tok) })
+	commonLive(r, func() *bridge.Switch { return host().Switch() }, func(tok string) error { return host().SetAPIToken(tok) })
+	livePorts(r, "tap", *o.taps, func(t string) string { return t }, func(t string) (bridge.Port, error) {
+		return openTAP(t, *o.offload, log)
+	}, host)
+	livePorts(r, "qemu-socket", *o.qemuSockets, portName, func(path string) (bridge.Port, error) {
+		return bridge.ListenQEMU(path, log)
+	}, host)
+	livePorts(r, "qemu-connect", *o.qemuConnects, portName, func(path string) (bridge.Port, error) {
+		return bridge.DialQEMU(path, log)
+	}, host)
 	r.setToken(token)
-	h, err = appliance.NewHost(cfg)
+	cfg.ReloadSettings = func() (applied, restart []string, err error) {
+		if host() == nil {
+			return nil, nil, errors.New("the host is still starting; try again")
+		}
+		return r.reload()
+	}
+	h, err := appliance.NewHost(cfg)
 	if err != nil {
 		closePorts(ports)
 		return err
 	}
-	onSIGHUP(ctx, func() { reloadLog(log, r) })
+	hp.Store(h)
+	onSIGHUP(ctx, func() { h.Reload() }) // it logs what it did
 	<-ctx.Done()
 	log.Info("shutting down")
 	h.Close()
 	return nil
 }
 
-// reloadLog re-reads a host's config file and logs what changed.
-func reloadLog(log *slog.Logger, r *reloader) {
-	applied, restart, err := r.reload()
-	if err != nil {
-		log.Error("SIGHUP: reload failed; nothing changed", "err", err)
-		return
+// livePorts makes the repeatable port flag (tap, qemu-socket,
+// qemu-connect) a live setting of a host: on reload, the ports whose
+// arguments left the list are detached (and closed), and those that came
+// are opened and attached; the others carry traffic throughout. name is
+// the port name an argument gets (as openPorts names it).
+func livePorts(r *reloader, flag string, initial []string, name func(string) string,
+	open func(string) (bridge.Port, error), host func() *appliance.Host) {
+	cur := slices.Clone(initial)
+	r.live[flag] = func(fs *pflag.FlagSet) (func() error, error) {
+		next, _ := fs.GetStringArray(flag)
+		seen := map[string]bool{}
+		for _, a := range next {
+			if seen[name(a)] {
+				return nil, fmt.Errorf("%s %s: two VM ports would be called %s; rename one", flag, a, name(a))
+			}
+			seen[name(a)] = true
+		}
+		return func() error {
+			for _, a := range slices.Clone(cur) {
+				if !slices.Contains(next, a) {
+					if err := host().DetachPort(name(a)); err != nil {
+						return fmt.Errorf("%s %s: %w", flag, a, err)
+					}
+					cur = slices.DeleteFunc(cur, func(c string) bool { return c == a })
+				}
+			}
+			for _, a := range next {
+				if slices.Contains(cur, a) {
+					continue
+				}
+				p, err := open(a)
+				if err != nil {
+					return portErr("--"+flag, a, err)
+				}
+				if err := host().AttachPort(appliance.LocalPort{Name: name(a), Port: p}); err != nil {
+					p.Close()
+					return fmt.Errorf("%s %s: %w", flag, a, err)
+				}
+				cur = append(cur, a)
+			}
+			return nil
+		}, nil
 	}
-	for _, s := range applied {
-		log.Info("SIGHUP: setting applied", "setting", s)
-	}
-	if len(restart) > 0 {
-		log.Warn("SIGHUP: needs a restart: " + strings.Join(restart, ", "))
-	}
-	log.Info("SIGHUP: reloaded", "settings_applied", len(applied), "needs_restart", len(restart))
 }
 
 // openPorts opens the VM-facing ports named on the command line. On error it

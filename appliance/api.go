@@ -192,7 +192,8 @@ func decodeBody(r *http.Request, v any) error {
 	return nil
 }
 
-// routes of a host's API: a read-only local view. Changes go to the proxy.
+// routes of a host's API: a read-only local view, and reload (of the host's
+// own --config file). Changes to the network go to the proxy.
 func (h *Host) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/status", handle(func(*http.Request) (any, error) {
@@ -222,6 +223,7 @@ func (h *Host) routes() *http.ServeMux {
 		return st, nil
 	}))
 	mux.HandleFunc("GET /api/v1/links", handle(func(*http.Request) (any, error) { return h.hostLinks(), nil }))
+	mux.HandleFunc("POST /api/v1/reload", handle(func(*http.Request) (any, error) { return h.Reload() }))
 	mux.HandleFunc("GET /api/v1/rules", handle(func(*http.Request) (any, error) {
 		return ruleInfosHits(h.cfg.Name, h.sw), nil
 	}))

@@ -64,9 +64,12 @@ type HostConfig struct {
 	// APIToken, if set, is required of every API request, and lets the API
 	// listen beyond loopback.
 	APIToken string
-	Ports    []LocalPort         // VM-facing ports to attach
-	Infer    infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
-	NoInfer  bool                // count nothing (to measure what accounting costs)
+	Ports    []LocalPort // VM-facing ports to attach
+	// ReloadSettings, if set, re-reads the host's settings on Reload (the
+	// --config file), as ProxyConfig.ReloadSettings does for the proxy.
+	ReloadSettings func() (applied, restart []string, err error)
+	Infer          infer.AccountConfig // traffic accounting (VTTIF's local half); zero: defaults
+	NoInfer        bool                // count nothing (to measure what accounting costs)
 	// NoOffload keeps super-frames (bridge.OffloadPort) off the host's
 	// links: every frame crosses them as a plain 1514-byte one.
 	NoOffload bool
@@ -95,6 +98,8 @@ type Host struct {
 	kickSTUN chan struct{}
 	api      *apiServer
 	start    time.Time
+
+	reloading sync.Mutex // one Reload at a time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -587,9 +592,9 @@ func (h *Host) status() hostStatus {
 	h.mu.Unlock()
 	if h.ln != nil {
 		if star != nil {
-			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), ownDevices(h.cfg.Ports), addrIP(star.LocalAddr()))
+			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), h.ownDevices(), addrIP(star.LocalAddr()))
 		} else {
-			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), ownDevices(h.cfg.Ports))
+			st.Listen = candidateAddrs(h.ln.Addr(), h.proxyOnLoopback(), h.ownDevices())
 		}
 	}
 	for _, ap := range h.localUDP() {

@@ -134,7 +134,7 @@ func (h *Host) localHint(fl fastLink) nat.LocalHint {
 		own[ap.Addr()] = true
 	}
 	hint := nat.LocalHint{SamePublic: fl.SamePublic,
-		OnLink: onLinkPrefixes(ownDevices(h.cfg.Ports), h.proxyOnLoopback())}
+		OnLink: onLinkPrefixes(h.ownDevices(), h.proxyOnLoopback())}
 	h.mu.Lock()
 	for _, r := range h.mu.nat.Reflexive {
 		if ip := r.Addr().Unmap(); !own[ip] {

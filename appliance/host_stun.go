@@ -138,5 +138,5 @@ func (h *Host) localUDP() []netip.AddrPort {
 	if star != nil {
 		extra = append(extra, addrIP(star.LocalAddr()))
 	}
-	return parseAddrPorts(candidateAddrs(h.mux.Addr(), h.proxyOnLoopback(), ownDevices(h.cfg.Ports), extra...))
+	return parseAddrPorts(candidateAddrs(h.mux.Addr(), h.proxyOnLoopback(), h.ownDevices(), extra...))
 }

@@ -151,6 +151,62 @@ func (h *Host) AttachPort(lp LocalPort) error {
 	return nil
 }
 
+// DetachPort removes the VM-facing port name from the host's switch, which
+// closes it (a TAP device it made goes away, a QEMU socket stops
+// listening).
+func (h *Host) DetachPort(name string) error {
+	h.mu.Lock()
+	_, ok := h.mu.ports[name]
+	delete(h.mu.ports, name)
+	h.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("host %s has no port %s", h.cfg.Name, name)
+	}
+	h.sw.RemovePort(name)
+	h.log.Info("port detached", "port", name)
+	h.kickStatus()
+	return nil
+}
+
+// ownDevices names the network devices of the host's TAP ports, for
+// candidateAddrs: the ports attached now, not only those it started with.
+func (h *Host) ownDevices() map[string]bool {
+	h.mu.Lock()
+	ports := make([]LocalPort, 0, len(h.mu.ports))
+	for name, p := range h.mu.ports {
+		ports = append(ports, LocalPort{Name: name, Port: p})
+	}
+	h.mu.Unlock()
+	return ownDevices(ports)
+}
+
+// Reload re-reads the host's settings (HostConfig.ReloadSettings) and puts
+// in force those that can change live; the others are reported as needing
+// a restart. A bad file changes nothing.
+func (h *Host) Reload() (ReloadResult, error) {
+	res := ReloadResult{Changes: []string{}, Applied: []string{}, NeedsRestart: []string{}}
+	if h.cfg.ReloadSettings == nil {
+		return res, badRequest("this host has no --config file to reload")
+	}
+	h.reloading.Lock()
+	defer h.reloading.Unlock()
+	applied, restart, err := h.cfg.ReloadSettings()
+	if err != nil {
+		h.log.Error("reload failed; nothing changed", "err", err)
+		return res, badRequest("reload failed, nothing changed: %v", err)
+	}
+	res.Applied = append(res.Applied, applied...)
+	res.NeedsRestart = append(res.NeedsRestart, restart...)
+	for _, s := range applied {
+		h.log.Info("reload: setting applied", "setting", s)
+	}
+	if len(restart) > 0 {
+		h.log.Warn("reload: needs a restart: " + strings.Join(restart, ", "))
+	}
+	h.log.Info("reloaded", "settings_applied", len(applied), "needs_restart", len(restart))
+	return res, nil
+}
+
 // freePortName is name, or name-2, name-3, ... if the switch has it.
 func (h *Host) freePortName(name string) string {
 	h.mu.Lock()
