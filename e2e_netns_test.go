@@ -42,6 +42,8 @@ const (
 	e2eBytesEnv    = "VNET_E2E_BYTES"    // how many bytes to send (relay: the delay)
 	e2ePaceEnv     = "VNET_E2E_PACE"     // send: bytes per second at most (none: as fast as it goes)
 	e2eDeadlineEnv = "VNET_E2E_DEADLINE" // recv: how long to wait for the whole transfer (default 60s)
+	e2eProgressEnv = "VNET_E2E_PROGRESS" // recv: print "E2E-PROGRESS bytes" this often (a duration)
+	e2eProgress    = "E2E-PROGRESS"      // the receiver's progress line prefix
 	e2eResult      = "E2E-RESULT"        // the helper's result line prefix
 
 	e2eProxyIP   = "192.168.250.1"
@@ -177,7 +179,15 @@ func e2eHelper(mode, addr, size string) error {
 		}
 		defer c.Close()
 		c.SetDeadline(deadline)
-		n, err := io.Copy(h, c)
+		var w io.Writer = h
+		if v := os.Getenv(e2eProgressEnv); v != "" {
+			every, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("%s=%q: %v", e2eProgressEnv, v, err)
+			}
+			w = &progressWriter{w: h, every: every}
+		}
+		n, err := io.Copy(w, c)
 		if err != nil {
 			return fmt.Errorf("after %d bytes: %w", n, err)
 		}
@@ -231,6 +241,25 @@ func e2eHelper(mode, addr, size string) error {
 }
 
 // pacedReader reads from r no faster than pace bytes a second on average.
+// progressWriter prints how many bytes have gone through it, at most once
+// every interval, so that a test can watch a stream move.
+type progressWriter struct {
+	w     io.Writer
+	every time.Duration
+	n     int64
+	last  time.Time
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.n += int64(n)
+	if now := time.Now(); now.Sub(p.last) >= p.every {
+		p.last = now
+		fmt.Printf("%s %d\n", e2eProgress, p.n)
+	}
+	return n, err
+}
+
 type pacedReader struct {
 	r     io.Reader
 	pace  int64
