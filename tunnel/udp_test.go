@@ -160,7 +160,7 @@ func sendAndCheck(t *testing.T, tx *Link, got <-chan []byte, sizes []int) {
 		bufs, want := frameBatch(sizes[:k])
 		sizes = sizes[k:]
 		if n, err := tx.Write(bufs, bridge.Headroom); n != k || err != nil {
-			t.Fatalf("write: %d %v", n, err)
+			t.Fatalf("write: %d %v (link: %v; muxes %v)", n, err, tx.Err(), stats())
 		}
 		for i := range bufs {
 			if !bytes.Equal(bufs[i][bridge.Headroom:], want[i]) {
