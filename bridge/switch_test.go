@@ -459,3 +459,63 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// stuckPort is a port whose writes block until release is closed: a peer
+// that stopped reading.
+type stuckPort struct {
+	*bridgetest.ChanPort
+	release chan struct{}
+}
+
+func (p *stuckPort) Write(bufs [][]byte, offset int) (int, error) {
+	<-p.release
+	return p.ChanPort.Write(bufs, offset)
+}
+
+// A stuck port loses its own frames (counted as queue-full) and nobody
+// waits for it: every frame for the healthy port still arrives.
+func TestStuckPortDroppedNotWaitedFor(t *testing.T) {
+	sw := bridge.New(bridge.Config{})
+	src, ok := bridgetest.NewChanPort(64), bridgetest.NewChanPort(16*bridge.QueueLen) // ok: room for all it gets
+	stuck := &stuckPort{ChanPort: bridgetest.NewChanPort(64), release: make(chan struct{})}
+	sw.AddPort("v1", bridge.RoleLocal, src)
+	sw.AddPort("v2", bridge.RoleLocal, ok)
+	sw.AddPort("s1", bridge.RoleStar, stuck)
+	defer func() {
+		close(stuck.release)
+		sw.Close()
+	}()
+	ok.Inject(bridgetest.Frame(mac(1), mac(2), nil))    // learn mac(2) on v2
+	stuck.Inject(bridgetest.Frame(mac(1), mac(3), nil)) // and mac(3) on the stuck port
+	waitFor(t, "both learned", func() bool {
+		a, _ := sw.Where(mac(2))
+		b, _ := sw.Where(mac(3))
+		return a == "v2" && b == "s1"
+	})
+	for len(src.Out) > 0 { // the learning frames' copies
+		<-src.Out
+	}
+	n := 4 * bridge.QueueLen
+	got := make(chan int)
+	go func() {
+		c := 0
+		for c < n {
+			if _, more := ok.Expect(5 * time.Second); !more {
+				break
+			}
+			c++
+		}
+		got <- c
+	}()
+	for i := range n {
+		src.Inject(bridgetest.Frame(mac(3), mac(1), []byte{byte(i)}))
+		src.Inject(bridgetest.Frame(mac(2), mac(1), []byte{byte(i)}))
+	}
+	if c := <-got; c != n {
+		t.Fatalf("the healthy port got %d of %d frames while another was stuck", c, n)
+	}
+	st, _ := sw.PortStats("s1")
+	if full := st.Drops["queue-full"]; full < uint64(n-2*bridge.QueueLen) {
+		t.Fatalf("the stuck port's drops are %v; want at least %d queue-full", st.Drops, n-2*bridge.QueueLen)
+	}
+}
