@@ -236,6 +236,9 @@ type UDPMux struct {
 	chunkMax   int  // message bytes per transport datagram
 	maxControl int  // largest control message
 	rxSize     int  // receive buffer size: datagrams of rxSize-1 bytes at most
+	// lone is set while the reader handles a batch of one datagram: a frame
+	// in it may go to the switch at once (udpSession.pushTo). Reader only.
+	lone bool
 	epoch      time.Time
 	rxPool     sync.Pool // *udpBuf of rxSize bytes
 	txPool     sync.Pool // *udpTxBatch
@@ -571,9 +574,11 @@ func (m *UDPMux) routineRead() {
 		}
 		m.counters[udpRxDatagrams].Add(uint64(n))
 		now := m.now()
+		m.lone = n == 1
 		for i := 0; i < n; i++ {
 			m.receive(&slots[i], sizes[i], froms[i], now)
 		}
+		m.lone = false
 	}
 }
 

@@ -43,6 +43,14 @@ type udpSession struct {
 
 	in     chan udpMsg
 	supers atomic.Int32 // super-frames in in
+	// The push path (bridge.PushPort): a frame that comes alone goes
+	// straight to the switch from the mux's reader while the link's reader
+	// waits with nothing queued. pending counts messages queued in in and
+	// not yet done with by the link's reader; popped, the reader's own
+	// count of those it took since it last waited.
+	pushTo  atomic.Pointer[pushTarget]
+	pending atomic.Int32
+	popped  int32
 	cur    udpMsg       // the message readMsg returned last (its payload is lent out)
 
 	done      chan struct{}
@@ -235,6 +243,9 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 			m.count(udpBadMessage)
 			return
 		}
+		if typ == MsgFrame && m.lone && s.pushFrame(chunk) {
+			return
+		}
 		if s.push(udpMsg{typ: typ, data: chunk, buf: *slot, pool: &m.rxPool}) {
 			*slot = nil
 		}
@@ -301,16 +312,39 @@ func (s *udpSession) push(e udpMsg) bool {
 		s.m.count(udpQueueFull)
 		return false
 	}
+	s.pending.Add(1)
 	select {
 	case s.in <- e:
 		return true
 	default:
+		s.pending.Add(-1)
 		if super {
 			s.supers.Add(-1)
 		}
 		s.m.count(udpQueueFull)
 		return false
 	}
+}
+
+// pushTarget is where the push path delivers: the switch's Pusher of the
+// link, and the link, which counts what arrives.
+type pushTarget struct {
+	p *bridge.Pusher
+	l *Link
+}
+
+// setPusher implements pushTransport.
+func (s *udpSession) setPusher(p *bridge.Pusher, l *Link) { s.pushTo.Store(&pushTarget{p: p, l: l}) }
+
+// pushFrame hands a lone frame to the switch if the link's reader waits
+// with nothing queued; false: queue it as usual. The mux's reader only.
+func (s *udpSession) pushFrame(frame []byte) bool {
+	pt := s.pushTo.Load()
+	if pt == nil || !pt.p.Push(frame, &s.pending) {
+		return false
+	}
+	pt.l.pushed(len(frame))
+	return true
 }
 
 // carriesSuper implements superTransport: a super-frame must fit
@@ -361,9 +395,30 @@ func (s *udpSession) readMsg(buf []byte, offset int) (byte, []byte, error) {
 		var e udpMsg
 		select {
 		case e = <-s.in:
-		case <-s.done:
-			return 0, nil, s.closeErr
+		default:
+			// Nothing queued. Link.Read asks for more within a batch only
+			// when more() says so, so waiting here means everything taken
+			// before has been forwarded: let the push path run meanwhile.
+			s.pending.Add(-s.popped)
+			s.popped = 0
+			pt := s.pushTo.Load()
+			if pt != nil {
+				pt.p.Release()
+			}
+			closed := false
+			select {
+			case e = <-s.in:
+			case <-s.done:
+				closed = true
+			}
+			if pt != nil {
+				pt.p.Acquire()
+			}
+			if closed {
+				return 0, nil, s.closeErr
+			}
 		}
+		s.popped++
 		frame := buf[offset:]
 		switch e.typ {
 		case MsgFrameGSO:
