@@ -172,6 +172,7 @@ const (
 	udpRoam
 	udpRxDatagrams
 	udpTxDatagrams
+	udpPushed
 	udpNumCounters
 )
 
@@ -198,6 +199,7 @@ var udpCounterNames = [udpNumCounters]string{
 	udpRoam:            "roam",             // a session's peer changed address
 	udpRxDatagrams:     "rx-datagrams",
 	udpTxDatagrams:     "tx-datagrams",
+	udpPushed:          "pushed", // frames the reader handed to the switch itself (lone, link idle)
 }
 
 // udpIO is the socket under a mux (udp_linux.go, udp_other.go; a fake in
@@ -238,10 +240,10 @@ type UDPMux struct {
 	rxSize     int  // receive buffer size: datagrams of rxSize-1 bytes at most
 	// lone is set while the reader handles a batch of one datagram: a frame
 	// in it may go to the switch at once (udpSession.pushTo). Reader only.
-	lone bool
-	epoch      time.Time
-	rxPool     sync.Pool // *udpBuf of rxSize bytes
-	txPool     sync.Pool // *udpTxBatch
+	lone   bool
+	epoch  time.Time
+	rxPool sync.Pool // *udpBuf of rxSize bytes
+	txPool sync.Pool // *udpTxBatch
 
 	sessions atomic.Pointer[map[uint32]*udpSession] // copy-on-write under mu
 	handler  atomic.Pointer[func([]byte, netip.AddrPort)]

@@ -344,6 +344,7 @@ func (s *udpSession) pushFrame(frame []byte) bool {
 		return false
 	}
 	pt.l.pushed(len(frame))
+	s.m.count(udpPushed)
 	return true
 }
 
