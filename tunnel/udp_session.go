@@ -51,7 +51,7 @@ type udpSession struct {
 	pushTo  atomic.Pointer[pushTarget]
 	pending atomic.Int32
 	popped  int32
-	cur    udpMsg       // the message readMsg returned last (its payload is lent out)
+	cur     udpMsg // the message readMsg returned last (its payload is lent out)
 
 	done      chan struct{}
 	closeOnce sync.Once
