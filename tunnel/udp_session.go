@@ -326,6 +326,9 @@ func (s *udpSession) push(e udpMsg) bool {
 	}
 }
 
+// msgNone is what readMsg returns for a message it dropped.
+const msgNone byte = 0
+
 // pushTarget is where the push path delivers: the switch's Pusher of the
 // link, and the link, which counts what arrives.
 type pushTarget struct {
@@ -387,58 +390,58 @@ func (s *udpSession) closeWith(err error) {
 // next call.
 func (s *udpSession) readMsg(buf []byte, offset int) (byte, []byte, error) {
 	s.cur.release()
-	for {
-		select {
-		case <-s.done:
-			return 0, nil, s.closeErr
-		default:
+	select {
+	case <-s.done:
+		return 0, nil, s.closeErr
+	default:
+	}
+	var e udpMsg
+	select {
+	case e = <-s.in:
+	default:
+		// Nothing queued. Link.Read asks for more within a batch only
+		// when more() says so, so waiting here means everything taken
+		// before has been forwarded: let the push path run meanwhile.
+		s.pending.Add(-s.popped)
+		s.popped = 0
+		pt := s.pushTo.Load()
+		if pt != nil {
+			pt.p.Release()
 		}
-		var e udpMsg
+		closed := false
 		select {
 		case e = <-s.in:
-		default:
-			// Nothing queued. Link.Read asks for more within a batch only
-			// when more() says so, so waiting here means everything taken
-			// before has been forwarded: let the push path run meanwhile.
-			s.pending.Add(-s.popped)
-			s.popped = 0
-			pt := s.pushTo.Load()
-			if pt != nil {
-				pt.p.Release()
-			}
-			closed := false
-			select {
-			case e = <-s.in:
-			case <-s.done:
-				closed = true
-			}
-			if pt != nil {
-				pt.p.Acquire()
-			}
-			if closed {
-				return 0, nil, s.closeErr
-			}
+		case <-s.done:
+			closed = true
 		}
-		s.popped++
-		frame := buf[offset:]
-		switch e.typ {
-		case MsgFrameGSO:
-			s.supers.Add(-1)
-			frame = buf[offset-bridge.VnetHdrLen:]
-		case MsgFrame:
-		default:
-			s.cur = e
-			return e.typ, e.data, nil
+		if pt != nil {
+			pt.p.Acquire()
 		}
-		if len(e.data) > len(frame) {
-			s.m.count(udpTooBig)
-			e.release()
-			continue
+		if closed {
+			return 0, nil, s.closeErr
 		}
-		typ, n := e.typ, copy(frame, e.data)
-		e.release()
-		return typ, frame[:n], nil
 	}
+	s.popped++
+	frame := buf[offset:]
+	switch e.typ {
+	case MsgFrameGSO:
+		s.supers.Add(-1)
+		frame = buf[offset-bridge.VnetHdrLen:]
+	case MsgFrame:
+	default:
+		s.cur = e
+		return e.typ, e.data, nil
+	}
+	if len(e.data) > len(frame) {
+		s.m.count(udpTooBig)
+		e.release()
+		// Not a loop back to the wait: frames of this batch may be
+		// in hand. Link.Read skips a message of no type.
+		return msgNone, nil, nil
+	}
+	typ, n := e.typ, copy(frame, e.data)
+	e.release()
+	return typ, frame[:n], nil
 }
 
 func (s *udpSession) more() bool { return len(s.in) > 0 }
