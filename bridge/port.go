@@ -1,6 +1,11 @@
 package bridge
 
-import "net"
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
 
 // Frame sizes. A buffer holds Headroom bytes that a link may fill with its
 // own header in place, then the frame itself.
@@ -57,4 +62,62 @@ var ErrClosed = net.ErrClosed
 type QuickPort interface {
 	Port
 	QuickWrites() bool
+}
+
+// PushPort is a Port whose frames arrive on a goroutine of its own (a
+// tunnel's socket reader) and are then queued for Read. When a frame comes
+// alone, the port may hand it to the switch there and then with
+// Pusher.Push, which saves the hop through Read's goroutine (a wake-up of
+// another thread, often on another CPU) on the latency path.
+type PushPort interface {
+	Port
+	// SetPusher gives the port its Pusher, before the switch first reads.
+	SetPusher(*Pusher)
+}
+
+// Pusher is the switch's way in for a PushPort. The switch's reader of the
+// port holds it while it reads and forwards; the port's Read lets go of it
+// (Release) just before it waits for more frames and takes it back
+// (Acquire) as soon as it wakes, whatever woke it. Push forwards a frame
+// only while the reader waits with nothing in hand and the port has nothing
+// queued (pending is zero), so no frame overtakes one that came before it.
+type Pusher struct {
+	mu    sync.Mutex
+	r     *reader // nil once the reader has stopped
+	views [][]byte
+}
+
+// Release lets Push run while Read waits. Read's goroutine only.
+func (p *Pusher) Release() { p.mu.Unlock() }
+
+// Acquire takes the reader's lock back after a wait. Read's goroutine only.
+func (p *Pusher) Acquire() { p.mu.Lock() }
+
+// Push forwards frame (it is copied) as a batch of one if the port's reader
+// is waiting and pending, the port's count of frames queued for Read and
+// not yet forwarded, is zero. It reports whether it did; if not, the port
+// queues the frame for Read as usual. It never blocks.
+func (p *Pusher) Push(frame []byte, pending *atomic.Int32) bool {
+	if !p.mu.TryLock() {
+		return false
+	}
+	defer p.mu.Unlock()
+	r := p.r
+	if r == nil || pending.Load() != 0 || len(frame) > MaxFrame {
+		return false
+	}
+	s := r.s
+	f := s.getFrame(false)
+	f.n = copy(f.buf[Headroom:], frame)
+	clear(f.slot())
+	if s.observer != nil {
+		p.views[0] = f.data()
+		s.observer.ObserveBatch(r.in.name, r.in.role, p.views)
+		p.views[0] = nil
+	}
+	r.lone = true
+	if !r.forward(f, time.Now().UnixNano()) {
+		s.putFrame(f)
+	}
+	return true
 }

@@ -367,6 +367,17 @@ func (s *Switch) routineRead(in *portState) {
 		}
 	}()
 	r := reader{s: s, in: in, cache: make(map[cacheKey]*decision), outs: make([]*portState, 0, 64)}
+	if pp, ok := in.port.(PushPort); ok {
+		// The reader holds the pusher's lock except while the port's
+		// Read waits: whoever holds it owns r.
+		p := &Pusher{r: &r, views: make([][]byte, 1)}
+		p.mu.Lock()
+		pp.SetPusher(p)
+		defer func() {
+			p.r = nil
+			p.mu.Unlock()
+		}()
+	}
 	for {
 		n, err := in.port.Read(bufs, sizes, Headroom)
 		for i := 0; i < n; i++ {

@@ -225,6 +225,28 @@ func (l *Link) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
+// pushTransport is a transport with a push path (bridge.PushPort).
+type pushTransport interface {
+	setPusher(p *bridge.Pusher, l *Link)
+}
+
+var _ bridge.PushPort = (*Link)(nil)
+
+// SetPusher implements bridge.PushPort. Only UDP links use it; on others
+// the switch's reader keeps the pusher's lock and nothing is pushed.
+func (l *Link) SetPusher(p *bridge.Pusher) {
+	if pt, ok := l.t.(pushTransport); ok {
+		pt.setPusher(p, l)
+	}
+}
+
+// pushed counts a frame that the push path delivered, as Read counts those
+// it returns.
+func (l *Link) pushed(n int) {
+	l.lastRx.Store(l.since())
+	l.rxBytes.Add(uint64(n))
+}
+
 func (l *Link) readFailed(err error) error {
 	select {
 	case <-l.done:

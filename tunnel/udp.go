@@ -172,6 +172,7 @@ const (
 	udpRoam
 	udpRxDatagrams
 	udpTxDatagrams
+	udpPushed
 	udpNumCounters
 )
 
@@ -198,6 +199,7 @@ var udpCounterNames = [udpNumCounters]string{
 	udpRoam:            "roam",             // a session's peer changed address
 	udpRxDatagrams:     "rx-datagrams",
 	udpTxDatagrams:     "tx-datagrams",
+	udpPushed:          "pushed", // frames the reader handed to the switch itself (lone, link idle)
 }
 
 // udpIO is the socket under a mux (udp_linux.go, udp_other.go; a fake in
@@ -236,9 +238,12 @@ type UDPMux struct {
 	chunkMax   int  // message bytes per transport datagram
 	maxControl int  // largest control message
 	rxSize     int  // receive buffer size: datagrams of rxSize-1 bytes at most
-	epoch      time.Time
-	rxPool     sync.Pool // *udpBuf of rxSize bytes
-	txPool     sync.Pool // *udpTxBatch
+	// lone is set while the reader handles a batch of one datagram: a frame
+	// in it may go to the switch at once (udpSession.pushTo). Reader only.
+	lone   bool
+	epoch  time.Time
+	rxPool sync.Pool // *udpBuf of rxSize bytes
+	txPool sync.Pool // *udpTxBatch
 
 	sessions atomic.Pointer[map[uint32]*udpSession] // copy-on-write under mu
 	handler  atomic.Pointer[func([]byte, netip.AddrPort)]
@@ -571,9 +576,11 @@ func (m *UDPMux) routineRead() {
 		}
 		m.counters[udpRxDatagrams].Add(uint64(n))
 		now := m.now()
+		m.lone = n == 1
 		for i := 0; i < n; i++ {
 			m.receive(&slots[i], sizes[i], froms[i], now)
 		}
+		m.lone = false
 	}
 }
 

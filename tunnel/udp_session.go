@@ -43,7 +43,15 @@ type udpSession struct {
 
 	in     chan udpMsg
 	supers atomic.Int32 // super-frames in in
-	cur    udpMsg       // the message readMsg returned last (its payload is lent out)
+	// The push path (bridge.PushPort): a frame that comes alone goes
+	// straight to the switch from the mux's reader while the link's reader
+	// waits with nothing queued. pending counts messages queued in in and
+	// not yet done with by the link's reader; popped, the reader's own
+	// count of those it took since it last waited.
+	pushTo  atomic.Pointer[pushTarget]
+	pending atomic.Int32
+	popped  int32
+	cur     udpMsg // the message readMsg returned last (its payload is lent out)
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -235,6 +243,9 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 			m.count(udpBadMessage)
 			return
 		}
+		if typ == MsgFrame && m.lone && s.pushFrame(chunk) {
+			return
+		}
 		if s.push(udpMsg{typ: typ, data: chunk, buf: *slot, pool: &m.rxPool}) {
 			*slot = nil
 		}
@@ -301,16 +312,43 @@ func (s *udpSession) push(e udpMsg) bool {
 		s.m.count(udpQueueFull)
 		return false
 	}
+	s.pending.Add(1)
 	select {
 	case s.in <- e:
 		return true
 	default:
+		s.pending.Add(-1)
 		if super {
 			s.supers.Add(-1)
 		}
 		s.m.count(udpQueueFull)
 		return false
 	}
+}
+
+// msgNone is what readMsg returns for a message it dropped.
+const msgNone byte = 0
+
+// pushTarget is where the push path delivers: the switch's Pusher of the
+// link, and the link, which counts what arrives.
+type pushTarget struct {
+	p *bridge.Pusher
+	l *Link
+}
+
+// setPusher implements pushTransport.
+func (s *udpSession) setPusher(p *bridge.Pusher, l *Link) { s.pushTo.Store(&pushTarget{p: p, l: l}) }
+
+// pushFrame hands a lone frame to the switch if the link's reader waits
+// with nothing queued; false: queue it as usual. The mux's reader only.
+func (s *udpSession) pushFrame(frame []byte) bool {
+	pt := s.pushTo.Load()
+	if pt == nil || !pt.p.Push(frame, &s.pending) {
+		return false
+	}
+	pt.l.pushed(len(frame))
+	s.m.count(udpPushed)
+	return true
 }
 
 // carriesSuper implements superTransport: a super-frame must fit
@@ -352,37 +390,58 @@ func (s *udpSession) closeWith(err error) {
 // next call.
 func (s *udpSession) readMsg(buf []byte, offset int) (byte, []byte, error) {
 	s.cur.release()
-	for {
-		select {
-		case <-s.done:
-			return 0, nil, s.closeErr
-		default:
+	select {
+	case <-s.done:
+		return 0, nil, s.closeErr
+	default:
+	}
+	var e udpMsg
+	select {
+	case e = <-s.in:
+	default:
+		// Nothing queued. Link.Read asks for more within a batch only
+		// when more() says so, so waiting here means everything taken
+		// before has been forwarded: let the push path run meanwhile.
+		s.pending.Add(-s.popped)
+		s.popped = 0
+		pt := s.pushTo.Load()
+		if pt != nil {
+			pt.p.Release()
 		}
-		var e udpMsg
+		closed := false
 		select {
 		case e = <-s.in:
 		case <-s.done:
+			closed = true
+		}
+		if pt != nil {
+			pt.p.Acquire()
+		}
+		if closed {
 			return 0, nil, s.closeErr
 		}
-		frame := buf[offset:]
-		switch e.typ {
-		case MsgFrameGSO:
-			s.supers.Add(-1)
-			frame = buf[offset-bridge.VnetHdrLen:]
-		case MsgFrame:
-		default:
-			s.cur = e
-			return e.typ, e.data, nil
-		}
-		if len(e.data) > len(frame) {
-			s.m.count(udpTooBig)
-			e.release()
-			continue
-		}
-		typ, n := e.typ, copy(frame, e.data)
-		e.release()
-		return typ, frame[:n], nil
 	}
+	s.popped++
+	frame := buf[offset:]
+	switch e.typ {
+	case MsgFrameGSO:
+		s.supers.Add(-1)
+		frame = buf[offset-bridge.VnetHdrLen:]
+	case MsgFrame:
+	default:
+		s.cur = e
+		return e.typ, e.data, nil
+	}
+	if len(e.data) > len(frame) {
+		s.m.count(udpTooBig)
+		e.release()
+		// Not a loop back to the wait: frames of this batch may be
+		// in hand. Link.Read skips a message of no type.
+		return msgNone, nil, nil
+	}
+	typ, n := e.typ, copy(frame, e.data)
+	e.release()
+	return typ, frame[:n], nil
 }
 
 func (s *udpSession) more() bool { return len(s.in) > 0 }
