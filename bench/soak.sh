@@ -2,7 +2,8 @@
 # Soak: a proxy and three hosts in network namespaces, a VM (persistent TAP)
 # on each, six checksummed TCP streams (every ordered VM pair, 1 MiB/s each)
 # while random faults hit the overlay: fast paths cut with nftables, host
-# daemons and the proxy killed (kill -9) and restarted, host underlays flapping.
+# daemons (h1, h2) and the proxy killed (kill -9) and restarted, host underlays
+# flapping. h3's daemon is never killed: its RSS is one process's growth.
 # Reports every fault and how long the overlay and the streams took to
 # recover, bytes sent and received per pair (equal, or it fails), reconnect
 # counts, and the daemons' RSS at start and end. Needs root.
