@@ -225,22 +225,27 @@ func (f *faults) waitProgress(t *testing.T, n uint64, d time.Duration) {
 // cutFastPath drops everything between the hosts' underlay addresses for
 // 5 s: the fast link goes down, traffic takes the star, the link comes back.
 func (f *faults) cutFastPath(t *testing.T) {
-	e := f.e
-	ns := e.nsHost["h1"]
+	f.e.cutUnderlay(t, f.e.nsHost["h1"], "192.168.250.12", 5*time.Second)
+	f.e.waitLink(t, "h1-h2", "up", 30*time.Second)
+}
+
+// cutUnderlay drops everything between namespace ns and the underlay
+// address peer, both ways, for hold, with an nftables table of its own.
+func (e *e2eNet) cutUnderlay(t *testing.T, ns, peer string, hold time.Duration) {
+	t.Helper()
 	table := e.lab.Prefix() + "cut"
 	rules := fmt.Sprintf(`table inet %s {
-	chain in { type filter hook input priority 0; policy accept; ip saddr 192.168.250.12 drop; }
-	chain out { type filter hook output priority 0; policy accept; ip daddr 192.168.250.12 drop; }
+	chain in { type filter hook input priority 0; policy accept; ip saddr %s drop; }
+	chain out { type filter hook output priority 0; policy accept; ip daddr %s drop; }
 }
-`, table)
+`, table, peer, peer)
 	cmd := netns.Command(e.ctx, ns, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v: %s", err, out)
 	}
-	time.Sleep(5 * time.Second)
+	time.Sleep(hold)
 	e.run(t, ns, "nft", "delete", "table", "inet", table)
-	e.waitLink(t, "h1-h2", "up", 30*time.Second)
 }
 
 func (f *faults) restartProxy(t *testing.T) {

@@ -41,8 +41,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"vnet/internal/netns"
 )
 
 const (
@@ -112,7 +110,6 @@ type soak struct {
 	rng     *rand.Rand
 	streams []*soakStream
 	vms     map[string]*e2eVM // h1 -> its VM
-	rss     map[string][2]int64
 	report  []string
 }
 
@@ -396,20 +393,7 @@ func (s *soak) cut(t *testing.T) string {
 	e := s.e
 	l := soakLinks[s.rng.IntN(len(soakLinks))]
 	hold := time.Duration(2000+s.rng.IntN(4000)) * time.Millisecond
-	table := e.lab.Prefix() + "cut"
-	peer := s.underlayIP(l.b)
-	rules := fmt.Sprintf(`table inet %s {
-	chain in { type filter hook input priority 0; policy accept; ip saddr %s drop; }
-	chain out { type filter hook output priority 0; policy accept; ip daddr %s drop; }
-}
-`, table, peer, peer)
-	cmd := netns.Command(e.ctx, e.nsHost[l.a], "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
-	}
-	time.Sleep(hold)
-	e.run(t, e.nsHost[l.a], "nft", "delete", "table", "inet", table)
+	e.cutUnderlay(t, e.nsHost[l.a], s.underlayIP(l.b), hold)
 	return fmt.Sprintf("fast path %s-%s (%s) cut for %v", l.a, l.b, l.kind, hold.Round(100*time.Millisecond))
 }
 
@@ -443,28 +427,18 @@ func (s *soak) flap(t *testing.T) string {
 	return fmt.Sprintf("%s's underlay down for %v", h, hold.Round(100*time.Millisecond))
 }
 
-// rssAll is the resident memory of the proxy and of each host daemon now.
+// rssAll is the resident memory of the proxy and of each host daemon now,
+// in bytes (0 where it cannot be read).
 func (s *soak) rssAll() map[string]int64 {
-	m := map[string]int64{"proxy": procRSS(s.e.proxy.Pid())}
+	rss := func(pid int) int64 {
+		_, kb, _ := procUsage(pid)
+		return int64(kb) << 10
+	}
+	m := map[string]int64{"proxy": rss(s.e.proxy.Pid())}
 	for _, h := range soakHosts {
-		m[h] = procRSS(s.e.hosts[h].Pid())
+		m[h] = rss(s.e.hosts[h].Pid())
 	}
 	return m
-}
-
-// procRSS is pid's VmRSS in bytes, 0 if it cannot be read.
-func procRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 func (s *soak) run(t *testing.T) {
@@ -484,10 +458,10 @@ func (s *soak) run(t *testing.T) {
 	start := time.Now()
 	counts := map[string]int{}
 	var worstHeal, worstMoving time.Duration
+	faults := s.faultKinds()
 	for n := 1; time.Since(start) < s.d; n++ {
 		time.Sleep(time.Duration(1000+s.rng.IntN(3000)) * time.Millisecond) // calm between faults
-		kinds := s.faultKinds()
-		fault := kinds[s.rng.IntN(len(kinds))]
+		fault := faults[s.rng.IntN(len(faults))]
 		at := time.Since(start)
 		what := fault.fn(t)
 		counts[fault.kind]++

@@ -1,7 +1,6 @@
 package bridge_test
 
 import (
-	"encoding/binary"
 	"math/rand/v2"
 	"net"
 	"sync/atomic"
@@ -105,28 +104,8 @@ func TestPushPortKeepsOrder(t *testing.T) {
 	for in.pusher.Load() == nil {
 		time.Sleep(time.Millisecond)
 	}
-	rng := rand.New(rand.NewPCG(3, 4))
-	payload := make([]byte, 46)
-	for i := 0; i < n; {
-		burst := 1 + rng.IntN(3)*rng.IntN(8) // mostly lone frames, sometimes bursts
-		for j := 0; j < burst && i < n; j++ {
-			binary.BigEndian.PutUint32(payload, uint32(i))
-			in.Send(bridgetest.Frame(b, a, payload), burst == 1)
-			i++
-		}
-		if rng.IntN(3) == 0 {
-			time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
-		}
-	}
-	for want := 0; want < n; want++ {
-		f, ok := out.Expect(5 * time.Second)
-		if !ok {
-			t.Fatalf("frame %d of %d never arrived", want, n)
-		}
-		if got := int(binary.BigEndian.Uint32(f[14:])); got != want {
-			t.Fatalf("frame %d arrived where %d was due", got, want)
-		}
-	}
+	sendNumbered(n, b, a, in.Send)
+	expectInOrder(t, out.ChanPort, n)
 	if in.pushed.Load() == 0 || in.pushed.Load() == n {
 		t.Fatalf("%d of %d frames pushed: the test did not mix the two paths", in.pushed.Load(), n)
 	}

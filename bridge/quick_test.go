@@ -47,19 +47,36 @@ func TestQuickPortKeepsOrder(t *testing.T) {
 	if _, ok := in.Expect(5 * time.Second); !ok {
 		t.Fatal("the first frame was not flooded")
 	}
+	sendNumbered(n, b, a, func(f []byte, _ bool) { in.Inject(f) })
+	expectInOrder(t, out.ChanPort, n)
+	st, _ := sw.PortStats("out")
+	if st.TxFrames != n || len(st.Drops) != 0 {
+		t.Fatalf("out: %d frames written, drops %v; want %d, none", st.TxFrames, st.Drops, n)
+	}
+}
+
+// sendNumbered sends n frames dst <- src numbered 0..n-1 (the first four
+// payload bytes), mostly one at a time with short pauses, sometimes in
+// bursts; lone says a frame is alone in its burst.
+func sendNumbered(n int, dst, src [6]byte, send func(frame []byte, lone bool)) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	payload := make([]byte, 46)
 	for i := 0; i < n; {
 		burst := 1 + rng.IntN(3)*rng.IntN(8) // mostly lone frames, sometimes bursts
 		for j := 0; j < burst && i < n; j++ {
 			binary.BigEndian.PutUint32(payload, uint32(i))
-			in.Inject(bridgetest.Frame(b, a, payload))
+			send(bridgetest.Frame(dst, src, payload), burst == 1)
 			i++
 		}
 		if rng.IntN(3) == 0 {
 			time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
 		}
 	}
+}
+
+// expectInOrder checks that out receives frames numbered 0..n-1, in order.
+func expectInOrder(t *testing.T, out *bridgetest.ChanPort, n int) {
+	t.Helper()
 	for want := 0; want < n; want++ {
 		f, ok := out.Expect(5 * time.Second)
 		if !ok {
@@ -68,9 +85,5 @@ func TestQuickPortKeepsOrder(t *testing.T) {
 		if got := int(binary.BigEndian.Uint32(f[14:])); got != want {
 			t.Fatalf("frame %d arrived where %d was due", got, want)
 		}
-	}
-	st, _ := sw.PortStats("out")
-	if st.TxFrames != n || len(st.Drops) != 0 {
-		t.Fatalf("out: %d frames written, drops %v; want %d, none", st.TxFrames, st.Drops, n)
 	}
 }
