@@ -70,6 +70,7 @@ func main() {
 		os.Exit(2)
 	}
 	name := os.Args[1]
+	reexecWithSysmonAwake(name)
 	if name == "-h" || name == "--help" || name == "help" {
 		printUsage()
 		return
