@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"runtime"
 	"strings"
 	"syscall"
 )
@@ -32,12 +31,10 @@ func reexecWithSysmonAwake(cmd string) {
 	if !ok {
 		return
 	}
-	exe := "/proc/self/exe" // the running image, even if its file was replaced
-	if runtime.GOOS != "linux" {
-		var err error
-		if exe, err = os.Executable(); err != nil {
-			return
-		}
+	// Not /proc/self/exe: the process would be named "exe" in ps and top.
+	exe, err := os.Executable()
+	if err != nil {
+		return
 	}
 	_ = syscall.Exec(exe, os.Args, env) // returns only on failure: run as we are
 }
