@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -304,6 +305,28 @@ func TestE2ENetns(t *testing.T) {
 	}
 }
 
+// checkSysmonAwake checks that the daemon with this pid re-executed itself
+// with keepSysmonAwake in its environment, and is still named vnet.
+func checkSysmonAwake(t *testing.T, pid int) {
+	t.Helper()
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(strings.Split(string(environ), "\x00"), func(kv string) bool {
+		return strings.HasPrefix(kv, "GODEBUG=") && strings.Contains(kv, keepSysmonAwake)
+	}) {
+		t.Errorf("daemon (pid %d) runs without GODEBUG %s: environment %q", pid, keepSysmonAwake, environ)
+	}
+	if got := strings.TrimSpace(string(comm)); got != "vnet" {
+		t.Errorf("daemon (pid %d) is named %q, want vnet", pid, got)
+	}
+}
+
 // build builds the vnet binary and makes the network key.
 func (e *e2eNet) build(t *testing.T) {
 	e.bin = filepath.Join(e.dir, "vnet")
@@ -418,6 +441,7 @@ func (e *e2eNet) daemons(t *testing.T) {
 	for _, vm := range e.vms {
 		t.Logf("VM %s on %s: %s %s (%s)", vm.name, vm.host, vm.tap, vm.ip, vm.mac)
 	}
+	checkSysmonAwake(t, e.hosts["h1"].Pid())
 }
 
 // tapVM makes vm's namespace and moves the TAP device vm.tap, which its
