@@ -90,7 +90,8 @@ type fastPath struct {
 }
 
 // dialFast tries once to open fl, in the kind the proxy prefers first and
-// then the other: over UDP to the peer's candidates (all at once, so a NAT
+// then the other (unless the peer refused the first: it is reachable that
+// way and only has not heard of the link yet): over UDP to the peer's candidates (all at once, so a NAT
 // mapping opened by the peer's punches lets us in), over TCP to each of its
 // TCP candidates. Either kind first probes, for LocalProbeTimeout, the
 // peer's candidates on a LAN this host shares (nat.LocalCandidates), so that
@@ -120,6 +121,12 @@ func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, fastPat
 			return l, fp, nil
 		}
 		errs = append(errs, err)
+		if errors.Is(err, tunnel.ErrRefused) {
+			// The peer answered over this kind but does not know the link
+			// yet (its config is on the way): the kind works, so the retry
+			// tries it again rather than settling for the other one.
+			break
+		}
 	}
 	if len(errs) == 0 {
 		return nil, fastPath{}, fmt.Errorf("no address known for %s yet", fl.Peer)

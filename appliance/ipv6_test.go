@@ -122,7 +122,7 @@ func testIPv6(t *testing.T, kind string) {
 	}
 	want := kind
 	if kind == "quic" {
-		want = "tcp" // fast paths are UDP or TCP; QUIC is for the star
+		want = "udp" // QUIC is for the star; an unspecified fast path is UDP when both ends have it
 	}
 	if fk := fast.Kind(); fk != want {
 		t.Errorf("fast link kind %s, want %s", fk, want)

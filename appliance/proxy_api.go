@@ -157,7 +157,7 @@ type linkRequest struct {
 
 func (p *Proxy) addLink(a, b, kind string) (string, error) {
 	if kind != "" && kind != "tcp" && kind != "udp" {
-		return "", badRequest("fast links are udp or tcp, not %q (empty: follow the dialing host's star link)", kind)
+		return "", badRequest("fast links are udp or tcp, not %q (empty: udp when both hosts have a UDP socket, else tcp)", kind)
 	}
 	if a == b {
 		return "", badRequest("a link needs two different hosts")
