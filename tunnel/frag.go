@@ -83,6 +83,7 @@ type Reassembler struct {
 	pend       []*pending
 	free       []*pending
 	out        []byte
+	last       *pending // whose slab Add's last result is, until the next Add
 	// Expired counts messages dropped incomplete (timeout or eviction).
 	Expired uint64
 }
@@ -96,6 +97,7 @@ func NewReassembler(maxPending, maxMsg int, timeoutNs int64) *Reassembler {
 // Add takes chunk index of message id (count chunks in all). When the
 // message is complete it returns it; the slice is valid until the next call.
 func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte, now int64) ([]byte, error) {
+	r.last = nil
 	r.expire(now)
 	var p *pending
 	for _, q := range r.pend {
@@ -110,6 +112,11 @@ func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte,
 		}
 		p = r.alloc()
 		p.id, p.typ, p.count, p.n, p.got, p.started, p.slab, p.inOrder = id, typ, count, 0, 0, now, p.slab[:0], true
+		if big := min(int(count)*len(chunk), r.maxMsg); cap(p.slab) < big && big > largeMessage {
+			// Grown whole at once rather than by append's steps, so that
+			// Swap can trade it for a buffer of maxMsg bytes.
+			p.slab = make([]byte, 0, r.maxMsg)
+		}
 		r.pend = append(r.pend, p)
 	}
 	if p.typ != typ || p.count != count || p.got&(1<<index) != 0 {
@@ -130,6 +137,7 @@ func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte,
 	}
 	r.remove(p)
 	if p.inOrder { // the usual case: the slab is the message
+		r.last = p
 		return p.slab, nil
 	}
 	r.out = r.out[:0]
@@ -137,6 +145,27 @@ func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte,
 		r.out = append(r.out, p.slab[p.off[i]:p.off[i]+p.size[i]]...)
 	}
 	return r.out, nil
+}
+
+// largeMessage is the size above which a message's slab is made maxMsg
+// bytes long from the start (super-frames); smaller ones grow as needed.
+const largeMessage = 16 << 10
+
+// Swap hands over the buffer that holds the message Add has just returned,
+// and keeps spare in its place: the caller keeps the message without
+// copying it. It returns nil, changing nothing, unless that message came
+// in order (so it is a slab of its own), the slab is at least len(spare)
+// long, and spare can hold a message of maxMsg bytes; the caller then
+// copies as before.
+func (r *Reassembler) Swap(spare []byte) []byte {
+	p := r.last
+	if p == nil || cap(p.slab) < len(spare) || cap(spare) < r.maxMsg {
+		return nil
+	}
+	r.last = nil
+	msg := p.slab
+	p.slab = spare[:0]
+	return msg
 }
 
 func (r *Reassembler) alloc() *pending {

@@ -98,3 +98,93 @@ func FuzzInner(f *testing.F) {
 		}
 	})
 }
+
+// Swap hands over an in-order message's own slab and reassembles the next
+// one into the spare it was given; it declines out-of-order results (they
+// live in shared scratch) and spares too small for a whole message.
+func TestReassemblerSwap(t *testing.T) {
+	const maxMsg = 64 << 10
+	r := NewReassembler(4, maxMsg, int64(time.Second))
+	add := func(id uint16, msg []byte, order []int) []byte {
+		t.Helper()
+		chunks := split(msg, 1400)
+		var got []byte
+		for _, i := range order {
+			out, err := r.Add(MsgFrameGSO, id, uint8(i), uint8(len(chunks)), chunks[i], 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = out
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("message %d reassembled wrong", id)
+		}
+		return got
+	}
+	inOrder := func(n int) []int {
+		o := make([]int, n)
+		for i := range o {
+			o[i] = i
+		}
+		return o
+	}
+	a, b := make([]byte, 60000), make([]byte, 60000)
+	rand.Read(a)
+	rand.Read(b)
+	n := len(split(a, 1400))
+
+	add(1, a, inOrder(n))
+	if r.Swap(make([]byte, 1000)) != nil {
+		t.Fatal("Swap took a spare too small for a whole message")
+	}
+	spare := make([]byte, maxMsg)
+	got := r.Swap(spare)
+	if !bytes.Equal(got, a) {
+		t.Fatal("Swap did not return the message")
+	}
+	if r.Swap(make([]byte, maxMsg)) != nil {
+		t.Fatal("Swap handed out the same message twice")
+	}
+	next := add(2, b, inOrder(n))
+	if &next[0] != &spare[0] {
+		t.Fatal("the next message was not reassembled into the spare")
+	}
+	if !bytes.Equal(got, a) {
+		t.Fatal("the handed-over message changed under the next one")
+	}
+
+	rev := inOrder(n)
+	rev[0], rev[1] = rev[1], rev[0]
+	add(3, a, rev)
+	if r.Swap(make([]byte, maxMsg)) != nil {
+		t.Fatal("Swap handed out an out-of-order message's scratch")
+	}
+}
+
+// Reassembling super-frames with Swap allocates nothing once warm, even
+// when count chunks of the first one's size would exceed maxMsg.
+func TestReassemblerSwapAllocs(t *testing.T) {
+	const maxMsg = 64 << 10
+	r := NewReassembler(4, maxMsg, int64(time.Second))
+	msg := make([]byte, maxMsg-100) // 47 chunks of 1400 would be 65800 bytes
+	chunks := split(msg, 1400)
+	spares := [][]byte{make([]byte, maxMsg), make([]byte, maxMsg)}
+	id := uint16(0)
+	one := func() {
+		id++
+		for i, c := range chunks {
+			if _, err := r.Add(MsgFrameGSO, id, uint8(i), uint8(len(chunks)), c, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := r.Swap(spares[0])
+		if got == nil {
+			t.Fatal("Swap declined an in-order super-frame")
+		}
+		spares[0], spares[1] = spares[1], got[:maxMsg] // the caller's buffer goes back to its pool
+	}
+	one()
+	if allocs := testing.AllocsPerRun(100, one); allocs != 0 {
+		t.Fatalf("%.1f allocations per super-frame, want 0", allocs)
+	}
+}
