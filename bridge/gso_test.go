@@ -154,3 +154,62 @@ func FuzzSegmenter(f *testing.F) {
 		}
 	})
 }
+
+// sum16Bytes is the plain definition sum16 must agree with.
+func sum16Bytes(sum uint32, b []byte) uint32 {
+	for len(b) >= 2 {
+		sum += uint32(b[0])<<8 | uint32(b[1])
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		sum += uint32(b[0]) << 8
+	}
+	return sum
+}
+
+func TestSum16MatchesDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	b := make([]byte, 70000)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	for range 2000 {
+		off, n := r.IntN(64), r.IntN(2100)
+		if r.IntN(20) == 0 {
+			n = r.IntN(len(b) - 64)
+		}
+		init := r.Uint32() >> r.IntN(32)
+		got, want := fold(sum16(init, b[off:off+n])), fold(sum16Bytes(init, b[off:off+n]))
+		if got != want {
+			t.Fatalf("sum16(%#x, %d bytes at %d) folds to %#04x, want %#04x", init, n, off, got, want)
+		}
+	}
+	for _, fill := range []byte{0x00, 0xff} { // the all-ones and all-zeros edges
+		for _, n := range []int{0, 1, 2, 3, 64, 65535} {
+			c := bytes.Repeat([]byte{fill}, n)
+			if got, want := fold(sum16(0xffff, c)), fold(sum16Bytes(0xffff, c)); got != want {
+				t.Fatalf("%d bytes of %#x: %#04x, want %#04x", n, fill, got, want)
+			}
+		}
+	}
+}
+
+// BenchmarkChecksum64K is completeChecksum's work on a 64 KB super-frame,
+// with sum16 and with the byte-pair loop it replaced.
+func BenchmarkChecksum64K(b *testing.B) {
+	buf := make([]byte, 65535)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	for _, c := range []struct {
+		name string
+		sum  func(uint32, []byte) uint32
+	}{{"sum16", sum16}, {"bytepairs", sum16Bytes}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(buf)))
+			for b.Loop() {
+				_ = fold(c.sum(0, buf))
+			}
+		})
+	}
+}
