@@ -11,8 +11,9 @@ import (
 // the first system call after an idle spell must wake it (a futex wake, an
 // IPI to a halted CPU, and sysmon's own 20 µs re-check on that CPU). On the
 // latency path that is every hop of a lone frame: an idle ping paid it four
-// times a round trip, and with sysmon kept awake it fell from 384 to 219 µs
-// (bench/rtt.sh). With schedtrace set, sysmon never sleeps deeply; it wakes
+// times a round trip, and with sysmon kept awake its round trip fell from
+// 345 to 265 µs in the peers harness (bench/results/2026-12-06-sysmon.*).
+// With schedtrace set, sysmon never sleeps deeply; it wakes
 // every 10 ms instead (100 cheap wake-ups a second). The period is the
 // largest the runtime takes (2^31-1 ms, 24.8 days), so its trace line
 // appears only once every 24.8 days of the machine's uptime.
