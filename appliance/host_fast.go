@@ -92,8 +92,8 @@ type fastPath struct {
 // dialFast tries once to open fl, in the kind the proxy prefers first and
 // then the other (unless the peer refused the first: it is reachable that
 // way and only has not heard of the link yet): over UDP to the peer's
-// candidates (all at once, so a NAT mapping opened by the peer's punches lets us in), over TCP to each of its
-// TCP candidates. Either kind first probes, for LocalProbeTimeout, the
+// candidates (all at once, so a NAT mapping opened by the peer's punches
+// lets us in), over TCP to each of its TCP candidates. Either kind first probes, for LocalProbeTimeout, the
 // peer's candidates on a LAN this host shares (nat.LocalCandidates), so that
 // hosts behind one NAT talk over their private addresses rather than
 // through the NAT (which may not hairpin). It says how the link was made.
