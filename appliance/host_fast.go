@@ -93,10 +93,11 @@ type fastPath struct {
 // then the other (unless the peer refused the first: it is reachable that
 // way and only has not heard of the link yet): over UDP to the peer's
 // candidates (all at once, so a NAT mapping opened by the peer's punches
-// lets us in), over TCP to each of its TCP candidates. Either kind first probes, for LocalProbeTimeout, the
-// peer's candidates on a LAN this host shares (nat.LocalCandidates), so that
-// hosts behind one NAT talk over their private addresses rather than
-// through the NAT (which may not hairpin). It says how the link was made.
+// lets us in), over TCP to each of its TCP candidates. Either kind first
+// probes, for LocalProbeTimeout, the peer's candidates on a LAN this host
+// shares (nat.LocalCandidates), so that hosts behind one NAT talk over
+// their private addresses rather than through the NAT (which may not
+// hairpin). It says how the link was made.
 func (h *Host) dialFast(ctx context.Context, fl fastLink) (*tunnel.Link, fastPath, error) {
 	hello := tunnel.Hello{Name: h.cfg.Name, Role: "host", Link: fl.Name, Offload: !h.cfg.NoOffload}
 	order := []string{"tcp", "udp"}
