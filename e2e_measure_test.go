@@ -37,6 +37,9 @@ const (
 	e2eMeasureDelay   = 10 * time.Millisecond // the relay's, each way
 	e2eMeasureTraffic = 8 * time.Second       // of bulk traffic before the verdict
 	e2eMeasureHosts   = 3
+	// e2eMeasureQuiet is how long the links stay idle before the traffic
+	// (three keepalive echoes each).
+	e2eMeasureQuiet = 3 * time.Second
 )
 
 // e2eMeasureKinds are the star links' kinds, h1's first.
@@ -211,6 +214,11 @@ func (e *e2eNet) measureDaemons(t *testing.T) {
 		}
 		return len(ls) == e2eMeasureHosts, fmt.Sprintf("%+v", ls)
 	})
+	// The first echoes come while four daemons start on two cores, and a
+	// busy machine (CI's) can delay every one of them by a few ms. A few
+	// more keepalive intervals of quiet give the minimum filter echoes
+	// taken at rest, as a link that has been up a while has.
+	time.Sleep(e2eMeasureQuiet)
 }
 
 // starLinks is `vnet ctl links` at the proxy, star links only, by host.
