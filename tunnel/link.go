@@ -384,7 +384,7 @@ func (l *Link) routineKeepalive() {
 
 // measureTick closes a measurement interval.
 func (l *Link) measureTick(now int64) {
-	s := meterSample{now: now, tx: l.txBytes.Load(), rx: l.rxBytes.Load(), busy: l.txBusy.Load()}
+	s := meterSample{now: now, tx: l.txBytes.Load(), rx: l.rxBytes.Load(), busy: l.txBusy.Load(), pingGap: int64(l.keepalive)}
 	if ps, ok := l.t.(pathStater); ok {
 		ps.pathStats(&s.path)
 	}

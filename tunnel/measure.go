@@ -134,7 +134,10 @@ type meterSample struct {
 	now    int64  // ns on the link's clock
 	tx, rx uint64 // frame bytes
 	busy   int64  // ns the writer spent inside the transport
-	path   pathStats
+	// pingGap is how often the peer pings, ns (its keepalive interval,
+	// which is ours); 0: unknown.
+	pingGap int64
+	path    pathStats
 }
 
 // extremum keeps the smallest (or largest) value seen over a sliding
@@ -255,6 +258,8 @@ type estimator struct {
 	tickOWDMin     float64
 	tickOWDMax     float64
 	haveOWD        bool
+	peerSent       int64 // the latest ping's departure, on the peer's clock
+	havePeerSent   bool
 	transport      time.Duration
 	txRate, rxRate float64 // bytes/s, last interval
 	tx, rx         direction
@@ -288,6 +293,9 @@ func (e *estimator) peerPing(now, sent int64) {
 	v := float64(now - sent)
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if !e.havePeerSent || sent > e.peerSent {
+		e.peerSent, e.havePeerSent = sent, true
+	}
 	if !e.haveOWD {
 		e.tickOWDMin, e.tickOWDMax, e.haveOWD = v, v, true
 		return
@@ -317,13 +325,26 @@ func (e *estimator) tick(s meterSample) {
 	e.transport = s.path.minRTT
 	// The peer's pings of this interval met a queue if the slowest took
 	// longer than the quickest of the window by a standing queue's worth.
+	// A ping the peer owes (its last one left more than a ping interval
+	// ago) is at least that late already: behind a slow path or receiver
+	// the peer's pings wait behind its frames, come in bunches, and leave
+	// whole intervals with none.
 	queued := false
+	slowest, haveSlowest := e.tickOWDMax, e.haveOWD
 	if e.haveOWD {
 		e.owd.add(s.now, rttW, e.tickOWDMin)
-		base, _ := e.owd.get(s.now, rttW)
-		delay := e.tickOWDMax - base
-		queued = delay > float64(queueDelayMin) && delay > queueShare*e.pathRTTLocked(s.now)
 		e.haveOWD = false
+	}
+	if s.pingGap > 0 && e.havePeerSent {
+		// Less a scheduling slack: the peer's ticker may run late.
+		owed := float64(s.now - e.peerSent - s.pingGap - int64(queueDelayMin))
+		if !haveSlowest || owed > slowest {
+			slowest, haveSlowest = owed, true
+		}
+	}
+	if base, ok := e.owd.get(s.now, rttW); ok && haveSlowest {
+		delay := slowest - base
+		queued = delay > float64(queueDelayMin) && delay > queueShare*e.pathRTTLocked(s.now)
 	}
 	if !e.have {
 		e.last, e.have = s, true

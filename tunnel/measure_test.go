@@ -213,6 +213,41 @@ func TestRxCapacityFromQueueing(t *testing.T) {
 	}
 }
 
+// Behind a slow receiver the peer's pings wait behind its frames and come
+// in bunches: an interval with none, whose ping is overdue by more than a
+// queue's worth, was saturated too. Pings on time say nothing of the kind.
+func TestRxCapacityFromOverduePings(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		every int           // a ping arrives every this many intervals
+		late  time.Duration // how late the arriving ping is beyond the path's 10 ms
+		want  float64
+	}{
+		{"bunched", 3, 400 * time.Millisecond, 18},
+		{"on time", 1, 0, 0},
+	} {
+		y := newSynth(t)
+		y.s.pingGap = int64(time.Second)
+		const offset = int64(3 * time.Hour) // the peer's clock is behind ours
+		ping := func(d time.Duration) { y.e.peerPing(y.s.now, y.s.now-offset-int64(d)) }
+		for i := 0; i < 3; i++ {
+			y.e.echo(int64(20 * time.Millisecond))
+			ping(10 * time.Millisecond)
+			y.step(time.Second, 0, 1000, 0, nil)
+		}
+		var m Measurement
+		for i := 1; i <= 6; i++ {
+			if i%tc.every == 0 {
+				ping(10*time.Millisecond + tc.late)
+			}
+			m = y.step(time.Second, 0, mbps(18, time.Second), 0, nil)
+		}
+		if !near(m.RxCapacityMbps, tc.want, 0.01) && !(tc.want == 0 && m.RxCapacityMbps == 0) {
+			t.Errorf("%s: rx capacity %v, want %v", tc.name, m.RxCapacityMbps, tc.want)
+		}
+	}
+}
+
 func TestPathRTTIsTheWindowsSmallestEcho(t *testing.T) {
 	RTTWindow = 10 * time.Second
 	t.Cleanup(func() { RTTWindow = 30 * time.Second })
