@@ -215,6 +215,15 @@ type udpIO interface {
 	close() error
 }
 
+// udpViewReader is a udpIO that can hand out datagrams where they arrived
+// rather than copying them into the reader's buffers (udp_linux.go, with
+// UDP_GRO). viewReader returns nil when it cannot; the function it returns
+// is readBatch, but sets views[i] to datagram i (sizes[i] its length, or
+// -1 or 0 as in readBatch), valid and writable until the next call.
+type udpViewReader interface {
+	viewReader() func(views [][]byte, sizes []int, froms []netip.AddrPort) (int, error)
+}
+
 // udpBuf is a pooled datagram or message buffer.
 type udpBuf struct{ b []byte }
 
@@ -550,15 +559,25 @@ func (m *UDPMux) routineRead() {
 	sizes := make([]int, udpReadBatch)
 	froms := make([]netip.AddrPort, udpReadBatch)
 	lastErrLog := int64(-1 << 62)
+	var readViews func([][]byte, []int, []netip.AddrPort) (int, error)
+	if vr, ok := m.io.(udpViewReader); ok {
+		readViews = vr.viewReader()
+	}
 	for {
-		for i, s := range slots {
-			if s == nil {
-				s = m.getRx()
-				slots[i] = s
+		var n int
+		var err error
+		if readViews != nil {
+			n, err = readViews(bufs, sizes, froms)
+		} else {
+			for i, s := range slots {
+				if s == nil {
+					s = m.getRx()
+					slots[i] = s
+				}
+				bufs[i] = s.b[:m.rxSize]
 			}
-			bufs[i] = s.b[:m.rxSize]
+			n, err = m.io.readBatch(bufs, sizes, froms)
 		}
-		n, err := m.io.readBatch(bufs, sizes, froms)
 		if err != nil {
 			if m.closed() || errors.Is(err, net.ErrClosed) {
 				return
@@ -578,16 +597,22 @@ func (m *UDPMux) routineRead() {
 		now := m.now()
 		m.lone = n == 1
 		for i := 0; i < n; i++ {
-			m.receive(&slots[i], sizes[i], froms[i], now)
+			if readViews != nil {
+				m.receive(nil, bufs[i], sizes[i], froms[i], now)
+			} else {
+				m.receive(&slots[i], nil, sizes[i], froms[i], now)
+			}
 		}
 		m.lone = false
 	}
 }
 
-// receive handles one datagram of n bytes in *slot from from. When it keeps
-// the buffer (queued for a link) it sets *slot to nil. It never blocks and
-// never trusts the bytes: this is what FuzzUDPDatagram drives.
-func (m *UDPMux) receive(slot **udpBuf, n int, from netip.AddrPort, now int64) {
+// receive handles one datagram of n bytes (-1: it did not fit), in *slot
+// or, with slot nil, in view: the io's memory (udpViewReader), lent until
+// receive returns, so whatever is kept of it is copied. When it keeps
+// *slot's buffer (queued for a link) it sets *slot to nil. It never blocks
+// and never trusts the bytes: this is what FuzzUDPDatagram drives.
+func (m *UDPMux) receive(slot **udpBuf, view []byte, n int, from netip.AddrPort, now int64) {
 	if n < 0 || n >= m.rxSize {
 		m.count(udpTooBig)
 		return
@@ -596,8 +621,13 @@ func (m *UDPMux) receive(slot **udpBuf, n int, from netip.AddrPort, now int64) {
 		m.count(udpTruncated)
 		return
 	}
+	var b []byte
+	if slot != nil {
+		b = (*slot).b[:n]
+	} else {
+		b = view[:n]
+	}
 	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-	b := (*slot).b[:n]
 	if isSTUN(b) {
 		m.count(udpSTUN)
 		if h := m.handler.Load(); h != nil {

@@ -198,6 +198,8 @@ func (m *UDPMux) removeSession(s *udpSession) {
 }
 
 // handleData decrypts a transport datagram in place and queues its message.
+// b is in *slot (kept for a whole message, *slot then nil) or, with slot
+// nil, lent by the io (see UDPMux.receive).
 func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now int64) {
 	if len(b) < udpDataHeaderLen+InnerHeaderLen+udpTagLen {
 		m.count(udpTruncated)
@@ -244,6 +246,14 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 			return
 		}
 		if typ == MsgFrame && m.lone && s.pushFrame(chunk) {
+			return
+		}
+		if slot == nil { // lent by the io: keep a copy
+			e := udpMsg{typ: typ, buf: m.getRx(), pool: &m.rxPool}
+			e.data = e.buf.b[:copy(e.buf.b, chunk)]
+			if !s.push(e) {
+				e.release()
+			}
 			return
 		}
 		if s.push(udpMsg{typ: typ, data: chunk, buf: *slot, pool: &m.rxPool}) {
