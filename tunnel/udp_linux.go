@@ -30,9 +30,9 @@ import (
 // Receiving uses UDP receive offload (UDP_GRO, Linux 5.0) where the kernel
 // has it: datagrams of one flow arrive coalesced, up to 64 KB per message
 // with their size in a control message, so a super-frame's chunks cost
-// one trip up the stack instead of 47. readViews hands out single
-// datagrams as windows of those buffers (readBatch, for tests and other
-// callers, copies them out).
+// one trip up the stack instead of 47. The mux's reader takes single
+// datagrams as windows of those buffers (viewReader); readBatch copies
+// them out.
 //
 // Receiving calls recvmmsg itself (through the socket's RawConn, so the Go
 // poller still parks the reader) rather than x/net's ReadBatch: ReadBatch
@@ -205,7 +205,7 @@ func (g *groState) segSize(i int) int {
 // viewReader implements udpViewReader with UDP_GRO's coalesced messages:
 // every datagram is a window of the 64 KB buffer it arrived in, so a
 // super-frame's chunks are decrypted and reassembled where the kernel put
-// them, not copied out first (a memmove of every byte received: 3-4% of a
+// them, not copied out first (a memmove of every byte received: 2-3% of a
 // receiving daemon's CPU under bulk traffic). Without UDP_GRO, nil.
 func (u *linuxUDPIO) viewReader() func(views [][]byte, sizes []int, froms []netip.AddrPort) (int, error) {
 	if u.gro == nil {
