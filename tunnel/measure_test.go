@@ -65,6 +65,16 @@ func (y *synth) step(dt time.Duration, tx, rx uint64, busy time.Duration, path f
 	return y.e.measurement(y.s.now)
 }
 
+// atRest runs three quiet intervals: a 20 ms echo and a peer's ping that
+// took 10 ms in each (ping sends one that took d), a few bytes received.
+func (y *synth) atRest(ping func(d time.Duration)) {
+	for i := 0; i < 3; i++ {
+		y.e.echo(int64(20 * time.Millisecond))
+		ping(10 * time.Millisecond)
+		y.step(time.Second, 0, 1000, 0, nil)
+	}
+}
+
 // mbps is the number of bytes that rate moves in dt.
 func mbps(rate float64, dt time.Duration) uint64 { return uint64(rate * 1e6 / 8 * dt.Seconds()) }
 
@@ -197,11 +207,7 @@ func TestRxCapacityFromQueueing(t *testing.T) {
 		y := newSynth(t)
 		const offset = -int64(5 * time.Hour) // the peer's clock is far ahead of ours
 		ping := func(d time.Duration) { y.e.peerPing(y.s.now, y.s.now-offset-int64(d)) }
-		for i := 0; i < 3; i++ {
-			y.e.echo(int64(20 * time.Millisecond))
-			ping(10 * time.Millisecond)
-			y.step(time.Second, 0, 1000, 0, nil)
-		}
+		y.atRest(ping)
 		var m Measurement
 		for i := 0; i < 4; i++ {
 			ping(10*time.Millisecond + tc.queue)
@@ -230,11 +236,7 @@ func TestRxCapacityFromOverduePings(t *testing.T) {
 		y.s.pingGap = int64(time.Second)
 		const offset = int64(3 * time.Hour) // the peer's clock is behind ours
 		ping := func(d time.Duration) { y.e.peerPing(y.s.now, y.s.now-offset-int64(d)) }
-		for i := 0; i < 3; i++ {
-			y.e.echo(int64(20 * time.Millisecond))
-			ping(10 * time.Millisecond)
-			y.step(time.Second, 0, 1000, 0, nil)
-		}
+		y.atRest(ping)
 		var m Measurement
 		for i := 1; i <= 6; i++ {
 			if i%tc.every == 0 {
