@@ -1,0 +1,136 @@
+package tunnel
+
+import (
+	"testing"
+
+	"vnet/bridge"
+)
+
+// The cipher path of a UDP link without sockets, and the wire codecs.
+//
+//	go test ./tunnel -run XXX -bench 'Cipher|Codec' -benchmem
+//
+// Seal is writeFrames: inner headers, AES-GCM per datagram, the batch
+// handed to an io that drops it. Open is what the mux's reader and the
+// link's reader do with those datagrams: receive (authenticate, decrypt in
+// place, replay window, reassembly) and readMsg (into the switch's
+// buffer). Open also copies each datagram into the reader's buffer first,
+// standing in for the kernel's copy of a receive, which the real path pays
+// too. BenchmarkUDPLink measures the same path with the sockets.
+
+// discardIO is a socket-less udpIO that drops what it is given.
+type discardIO struct{ memIO }
+
+func (*discardIO) sendBatch(*udpTxBatch) error { return nil }
+
+// cipherPair is two socket-less muxes with a session between them; a's
+// sends are dropped from now on.
+func cipherPair(b *testing.B) (a, bm *UDPMux, sa, sb *udpSession) {
+	a, bm = newMemMux(fuzzKey), newMemMux(fuzzKey)
+	sa, sb, _ = memHandshake(b, a, bm)
+	b.Cleanup(func() { a.Close(); bm.Close() })
+	return a, bm, sa, sb
+}
+
+// benchFrame is a frame of n bytes in a switch-sized buffer at Headroom; a
+// super-frame (n > MaxFrame) carries a TCP/IPv4 segmentation header.
+func benchFrame(n int) (buf []byte, super bool) {
+	buf = make([]byte, bridge.SuperBufSize)
+	if n > bridge.MaxFrame {
+		super = true
+		bridge.VnetHdr{Flags: 1, GSOType: 1, HdrLen: 54, GSOSize: 1448, CsumStart: 34, CsumOffset: 16}.
+			Put(buf[bridge.Headroom-bridge.VnetHdrLen:])
+	}
+	for i := bridge.Headroom; i < bridge.Headroom+n; i++ {
+		buf[i] = byte(i)
+	}
+	return buf[:bridge.Headroom+n], super
+}
+
+var cipherSizes = []struct {
+	name string
+	n    int
+}{{"1514", 1514}, {"super-64K", 65000}}
+
+func BenchmarkCipherSeal(b *testing.B) {
+	for _, c := range cipherSizes {
+		b.Run(c.name, func(b *testing.B) {
+			a, _, sa, _ := cipherPair(b)
+			a.io = &discardIO{memIO: memIO{done: make(chan struct{})}}
+			frame, super := benchFrame(c.n)
+			bufs := [][]byte{frame}
+			b.SetBytes(int64(c.n))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := sa.writeFrames(bufs, bridge.Headroom, super); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkCipherOpen(b *testing.B) {
+	for _, c := range cipherSizes {
+		b.Run(c.name, func(b *testing.B) {
+			a, bm, sa, sb := cipherPair(b)
+			frame, super := benchFrame(c.n)
+			if err := sa.writeFrames([][]byte{frame}, bridge.Headroom, super); err != nil {
+				b.Fatal(err)
+			}
+			sealed := a.io.(*memIO).take()
+			views := make([][]byte, len(sealed))
+			for i, d := range sealed {
+				views[i] = make([]byte, len(d))
+			}
+			out := make([]byte, bridge.SuperBufSize)
+			from := fuzzFromA
+			b.SetBytes(int64(c.n))
+			b.ReportAllocs()
+			for b.Loop() {
+				sb.replay = replayWindow{} // the same counters, every round
+				now := bm.now()
+				for i, d := range sealed {
+					copy(views[i], d)
+					bm.receive(nil, views[i], len(d), from, now)
+				}
+				typ, got, err := sb.readMsg(out, bridge.Headroom)
+				if err != nil || typ == msgNone || len(got) < c.n {
+					b.Fatalf("readMsg: type %d, %d bytes, %v; mux %v", typ, len(got), err, bm.Stats())
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkCodecInner(b *testing.B) {
+	d := make([]byte, 1500)
+	var sum int
+	for b.Loop() {
+		PutInner(d, MsgFrameGSO, 7, 3, 46)
+		_, id, index, count, chunk, err := ParseInner(d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum += int(id) + int(index) + int(count) + len(chunk)
+	}
+	if sum == 0 {
+		b.Fatal("nothing parsed")
+	}
+}
+
+func BenchmarkCodecStreamHeader(b *testing.B) {
+	var h [HeaderLen]byte
+	var sum int
+	for b.Loop() {
+		PutHeader(h[:], MsgFrame, 1514)
+		_, n, err := ParseHeader(h[:])
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum += n
+	}
+	if sum == 0 {
+		b.Fatal("nothing parsed")
+	}
+}
