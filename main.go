@@ -71,6 +71,7 @@ func main() {
 	}
 	name := os.Args[1]
 	reexecWithSysmonAwake(name)
+	limitDaemonProcs(name)
 	if name == "-h" || name == "--help" || name == "help" {
 		printUsage()
 		return

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -216,7 +217,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 			return nil, err
 		}
 	}
-	log.Info("host started", "listen", h.listenAddrs(), "api", cfg.API, "ports", len(cfg.Ports))
+	log.Info("host started", "listen", h.listenAddrs(), "api", cfg.API, "ports", len(cfg.Ports), "go_procs", runtime.GOMAXPROCS(0))
 	h.wg.Add(4)
 	go h.routineStar()
 	go h.routineStatus()

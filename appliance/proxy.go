@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -208,7 +209,7 @@ func NewProxy(cfg ProxyConfig) (_ *Proxy, err error) {
 		}
 	}
 	for _, ln := range p.lns {
-		log.Info("proxy listening", "addr", ln.Addr().String())
+		log.Info("proxy listening", "addr", ln.Addr().String(), "go_procs", runtime.GOMAXPROCS(0))
 		p.wg.Add(1)
 		go p.routineAccept(ln)
 	}
