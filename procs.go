@@ -11,10 +11,11 @@ import (
 // other half of every frame's work, and the proxy often shares one too.
 // With a P per CPU, every wake-up from the poller also wakes an idle
 // thread to spin for work it rarely finds, on a CPU a VM wanted. With
-// half, on this 2-CPU machine (one P per daemon): 4.8 instead of 6.0
-// context switches per ping at h1, the fast path +10 % and the star +8 %
-// (iperf3 between TAP VMs, 3 alternating runs each), 156-197 µs RTT
-// instead of 185-277 (bench/rtt.sh). GOMAXPROCS, when set, wins.
+// half, on this 2-CPU machine (one P per daemon), h1 has 4.8 instead of
+// 6.0 context switches per ping, and in one peers-harness run against the
+// build before (bench/results/2026-12-07d-procs-ab.*) the fast path went
+// 7581 -> 8256 Mbit/s, the star 5497 -> 5643, the idle RTT 191 -> 155 µs,
+// with less daemon CPU. GOMAXPROCS, when set, wins.
 func daemonProcs(cmd string, getenv func(string) string, dflt int) (int, bool) {
 	if (cmd != "host" && cmd != "proxy") || getenv("GOMAXPROCS") != "" {
 		return 0, false
