@@ -84,7 +84,6 @@ func BenchmarkCipherOpen(b *testing.B) {
 				views[i] = make([]byte, len(d))
 			}
 			out := make([]byte, bridge.SuperBufSize)
-			from := fuzzFromA
 			b.SetBytes(int64(c.n))
 			b.ReportAllocs()
 			for b.Loop() {
@@ -92,7 +91,7 @@ func BenchmarkCipherOpen(b *testing.B) {
 				now := bm.now()
 				for i, d := range sealed {
 					copy(views[i], d)
-					bm.receive(nil, views[i], len(d), from, now)
+					bm.receive(nil, views[i], len(d), fuzzFromA, now)
 				}
 				typ, got, err := sb.readMsg(out, bridge.Headroom)
 				if err != nil || typ == msgNone || len(got) < c.n {
