@@ -440,3 +440,32 @@ func TestCandidatesSkipOwnDevices(t *testing.T) {
 		t.Fatalf("candidates %v offer %s's address although it is one of ours", got, lo)
 	}
 }
+
+// TestLostAnnouncementRepeated: a fast link's peer announces its VMs in
+// control messages, which a UDP link may lose (and which can arrive before
+// the link is attached). Hosts repeat them, so a lost one heals by itself
+// even when no frame flows.
+func TestLostAnnouncementRepeated(t *testing.T) {
+	n := newTestNetKind(t, "udp", 2, 1)
+	n.allPairs(1 << 10) // the hosts learn their VMs' MACs
+	if _, err := n.proxy.addLink("h1", "h2", ""); err != nil {
+		t.Fatal(err)
+	}
+	h1, vm := n.hosts["h1"], mac6(n.vms[1].MAC())
+	announced := func() bool {
+		for _, e := range h1.sw.MACs() {
+			if e.MAC == vm {
+				return e.Announced && e.Port == "h1-h2"
+			}
+		}
+		return false
+	}
+	n.waitFor("h2's VM announced on h1-h2", 10*time.Second, announced)
+	if !h1.sw.Forget(vm) {
+		t.Fatal("no entry to forget")
+	}
+	if announced() {
+		t.Fatal("the entry survived Forget")
+	}
+	n.waitFor("the announcement repeated", 3*StatusRefresh, announced)
+}

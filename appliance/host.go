@@ -110,22 +110,26 @@ type Host struct {
 
 	mu struct {
 		sync.Mutex
-		star      *tunnel.Link
-		starErr   string
-		desired   map[string]fastLink     // fast links the proxy wants, by name
-		dialers   map[string]func()       // cancel funcs of running dialers
-		fast      map[string]*tunnel.Link // fast links that are up
-		fastErr   map[string]string
-		via       map[string]string // how each fast link was made: direct, punched, relayed
-		path      map[string]string // each fast link's underlay path: local, nat, public (nat.PathOf)
-		fails     map[string]int    // consecutive failed attempts per fast link
-		stunPorts []uint16
-		stunAddrs []string
-		nat       nat.Result
-		announced string                 // JSON of the MACs last announced on fast links
-		ports     map[string]bridge.Port // VM-facing ports, by name
-		sent      []byte                 // last status sent
-		sentAt    time.Time
+		star        *tunnel.Link
+		starErr     string
+		desired     map[string]fastLink     // fast links the proxy wants, by name
+		dialers     map[string]func()       // cancel funcs of running dialers
+		fast        map[string]*tunnel.Link // fast links that are up
+		fastErr     map[string]string
+		via         map[string]string // how each fast link was made: direct, punched, relayed
+		path        map[string]string // each fast link's underlay path: local, nat, public (nat.PathOf)
+		fails       map[string]int    // consecutive failed attempts per fast link
+		stunPorts   []uint16
+		stunAddrs   []string
+		nat         nat.Result
+		announced   string    // JSON of the MACs last announced on fast links
+		announcedAt time.Time // when they were last announced
+		// early holds an announcement that came in on a fast link before the
+		// link was attached to the switch, for runFast to apply once it is.
+		early  map[string]earlyAnnounce
+		ports  map[string]bridge.Port // VM-facing ports, by name
+		sent   []byte                 // last status sent
+		sentAt time.Time
 	}
 }
 
@@ -170,6 +174,7 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	h.mu.via = map[string]string{}
 	h.mu.path = map[string]string{}
 	h.mu.fails = map[string]int{}
+	h.mu.early = map[string]earlyAnnounce{}
 	h.kickSTUN = make(chan struct{}, 1)
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	cleanup := []func(){h.cancel}
@@ -643,8 +648,12 @@ func (h *Host) sendStatus(force bool) {
 	mb, _ := json.Marshal(macs)
 	h.mu.Lock()
 	star := h.mu.star
-	reannounce := string(mb) != h.mu.announced
-	h.mu.announced = string(mb)
+	// Announcements go as control messages, which a UDP link may lose, so
+	// they are repeated as often as the status is even when nothing changed.
+	reannounce := string(mb) != h.mu.announced || time.Since(h.mu.announcedAt) >= StatusRefresh
+	if reannounce {
+		h.mu.announced, h.mu.announcedAt = string(mb), time.Now()
+	}
 	fast := make([]*tunnel.Link, 0, len(h.mu.fast))
 	for _, l := range h.mu.fast {
 		fast = append(fast, l)

@@ -367,13 +367,22 @@ func (h *Host) runFast(name string, link *tunnel.Link) {
 	if err := h.sw.AddPort(name, bridge.RoleFast, link); err != nil {
 		h.log.Warn("cannot attach fast link", "link", name, "err", err)
 		link.Close()
+		h.mu.Lock()
+		h.dropEarlyLocked(name, link)
+		h.mu.Unlock()
 		return
 	}
 	h.mu.Lock()
 	h.mu.fast[name] = link
 	delete(h.mu.fastErr, name)
+	early, ok := h.mu.early[name]
+	ok = ok && early.link == link
+	h.dropEarlyLocked(name, link)
 	h.mu.Unlock()
 	h.log.Info("fast link up", "link", name, "peer", link.Peer().Name, "addr", link.RemoteAddr().String())
+	if ok {
+		h.announce(name, early.macs)
+	}
 	link.SendControl(encodeCtrl(&ctrlMsg{Op: opAnnounce, MACs: h.localMACs()}))
 	h.kickStatus()
 
@@ -383,6 +392,7 @@ func (h *Host) runFast(name string, link *tunnel.Link) {
 		link.Close()
 	}
 	h.mu.Lock()
+	h.dropEarlyLocked(name, link)
 	if h.mu.fast[name] == link {
 		delete(h.mu.fast, name)
 		if _, still := h.mu.desired[name]; still {
@@ -421,6 +431,35 @@ func (h *Host) onFastControl(l *tunnel.Link, b []byte) {
 		}
 	}
 	name := l.Peer().Link
+	// The peer announces as soon as its end is up, which can be before
+	// runFast has attached ours (or while the switch still has the link it
+	// replaces): keep the announcement for runFast rather than lose it.
+	h.mu.Lock()
+	attached := h.mu.fast[name] == l
+	if !attached {
+		h.mu.early[name] = earlyAnnounce{link: l, macs: macs}
+	}
+	h.mu.Unlock()
+	if attached {
+		h.announce(name, macs)
+	}
+}
+
+// earlyAnnounce is the VM MACs a fast link's peer announced before the link
+// was attached.
+type earlyAnnounce struct {
+	link *tunnel.Link
+	macs []bridge.MAC
+}
+
+// dropEarlyLocked forgets link's early announcement, if it is still kept.
+func (h *Host) dropEarlyLocked(name string, link *tunnel.Link) {
+	if e, ok := h.mu.early[name]; ok && e.link == link {
+		delete(h.mu.early, name)
+	}
+}
+
+func (h *Host) announce(name string, macs []bridge.MAC) {
 	if err := h.sw.Announce(name, macs); err != nil {
 		h.log.Debug("announce on a detached link", "link", name, "err", err)
 	}
