@@ -10,8 +10,8 @@ import (
 //
 //	go test ./tunnel -run XXX -bench 'Cipher|Codec' -benchmem
 //
-// Seal is writeFrames: inner headers, AES-GCM per datagram, the batch
-// handed to an io that drops it. Open is what the mux's reader and the
+// Seal is writeFrames: inner headers, AES-GCM per datagram (or once per
+// message, -whole), the batch handed to an io that drops it. Open is what the mux's reader and the
 // link's reader do with those datagrams: receive (authenticate, decrypt in
 // place, replay window, reassembly) and readMsg (into the switch's
 // buffer). Open also copies each datagram into the reader's buffer first,
@@ -23,11 +23,14 @@ type discardIO struct{ memIO }
 
 func (*discardIO) sendBatch(*udpTxBatch) error { return nil }
 
-// cipherPair is two socket-less muxes with a session between them; a's
-// sends are dropped from now on.
-func cipherPair(b *testing.B) (a, bm *UDPMux, sa, sb *udpSession) {
+// cipherPair is two socket-less muxes with a session between them; with
+// whole, a seals messages of several datagrams whole (udp_sealed.go).
+func cipherPair(b *testing.B, whole bool) (a, bm *UDPMux, sa, sb *udpSession) {
 	a, bm = newMemMux(fuzzKey), newMemMux(fuzzKey)
 	sa, sb, _ = memHandshake(b, a, bm)
+	if whole {
+		sa.sealWhole()
+	}
 	b.Cleanup(func() { a.Close(); bm.Close() })
 	return a, bm, sa, sb
 }
@@ -47,15 +50,18 @@ func benchFrame(n int) (buf []byte, super bool) {
 	return buf[:bridge.Headroom+n], super
 }
 
-var cipherSizes = []struct {
-	name string
-	n    int
-}{{"1514", 1514}, {"super-64K", 65000}}
+// cipherCases: a frame of two datagrams and a super-frame of 46, sealed
+// per datagram (type 4) and whole (type 5).
+var cipherCases = []struct {
+	name  string
+	n     int
+	whole bool
+}{{"1514", 1514, false}, {"1514-whole", 1514, true}, {"super-64K", 65000, false}, {"super-64K-whole", 65000, true}}
 
 func BenchmarkCipherSeal(b *testing.B) {
-	for _, c := range cipherSizes {
+	for _, c := range cipherCases {
 		b.Run(c.name, func(b *testing.B) {
-			a, _, sa, _ := cipherPair(b)
+			a, _, sa, _ := cipherPair(b, c.whole)
 			a.io = &discardIO{memIO: memIO{done: make(chan struct{})}}
 			frame, super := benchFrame(c.n)
 			bufs := [][]byte{frame}
@@ -71,9 +77,9 @@ func BenchmarkCipherSeal(b *testing.B) {
 }
 
 func BenchmarkCipherOpen(b *testing.B) {
-	for _, c := range cipherSizes {
+	for _, c := range cipherCases {
 		b.Run(c.name, func(b *testing.B) {
-			a, bm, sa, sb := cipherPair(b)
+			a, bm, sa, sb := cipherPair(b, c.whole)
 			frame, super := benchFrame(c.n)
 			if err := sa.writeFrames([][]byte{frame}, bridge.Headroom, super); err != nil {
 				b.Fatal(err)

@@ -57,6 +57,9 @@ type Hello struct {
 	// Offload: the sender takes super-frames (MsgFrameGSO) on this link.
 	// A link carries them when both sides say so and its transport can.
 	Offload bool `json:"offload,omitempty"`
+	// Sealed: the sender opens messages sealed whole on a UDP link
+	// (udp_sealed.go), so a message of several datagrams may go that way.
+	Sealed bool `json:"sealed,omitempty"`
 }
 
 func writeHello(bw *bufio.Writer, h Hello) error {

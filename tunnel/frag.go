@@ -62,7 +62,7 @@ var (
 )
 
 type pending struct {
-	id      uint16
+	id      uint64
 	typ     byte
 	count   uint8
 	n       int    // chunks received
@@ -84,8 +84,9 @@ type Reassembler struct {
 	free       []*pending
 	out        []byte
 	last       *pending // whose slab Add's last result is, until the next Add
-	// Expired counts messages dropped incomplete (timeout or eviction).
-	Expired uint64
+	// Expired counts messages dropped incomplete (timeout or eviction),
+	// ExpiredChunks the chunks they had.
+	Expired, ExpiredChunks uint64
 }
 
 // NewReassembler keeps at most maxPending messages of at most maxMsg bytes
@@ -96,7 +97,7 @@ func NewReassembler(maxPending, maxMsg int, timeoutNs int64) *Reassembler {
 
 // Add takes chunk index of message id (count chunks in all). When the
 // message is complete it returns it; the slice is valid until the next call.
-func (r *Reassembler) Add(typ byte, id uint16, index, count uint8, chunk []byte, now int64) ([]byte, error) {
+func (r *Reassembler) Add(typ byte, id uint64, index, count uint8, chunk []byte, now int64) ([]byte, error) {
 	r.last = nil
 	r.expire(now)
 	var p *pending
@@ -190,6 +191,7 @@ func (r *Reassembler) remove(p *pending) {
 
 func (r *Reassembler) drop(i int) {
 	r.Expired++
+	r.ExpiredChunks += uint64(r.pend[i].n)
 	r.remove(r.pend[i])
 }
 

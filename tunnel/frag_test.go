@@ -28,7 +28,7 @@ func TestReassembleInAnyOrder(t *testing.T) {
 		order := rng.Perm(len(chunks))
 		var got []byte
 		for k, i := range order {
-			out, err := r.Add(MsgFrame, uint16(iter), uint8(i), uint8(len(chunks)), chunks[i], 0)
+			out, err := r.Add(MsgFrame, uint64(iter), uint8(i), uint8(len(chunks)), chunks[i], 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -49,7 +49,7 @@ func TestReassembleInAnyOrder(t *testing.T) {
 func TestReassemblyBounded(t *testing.T) {
 	r := NewReassembler(4, 4096, int64(time.Second))
 	for id := 0; id < 100; id++ { // first halves only: never complete
-		if _, err := r.Add(MsgFrame, uint16(id), 0, 2, make([]byte, 1000), 0); err != nil {
+		if _, err := r.Add(MsgFrame, uint64(id), 0, 2, make([]byte, 1000), 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -88,7 +88,7 @@ func FuzzInner(f *testing.F) {
 			if idx >= cnt || cnt > MaxFragments {
 				t.Fatalf("accepted fragment %d/%d", idx, cnt)
 			}
-			msg, err := r.Add(typ, id, idx, cnt, chunk, 0)
+			msg, err := r.Add(typ, uint64(id), idx, cnt, chunk, 0)
 			if err == nil && len(msg) > 8192 {
 				t.Fatalf("message of %d bytes", len(msg))
 			}
@@ -105,7 +105,7 @@ func FuzzInner(f *testing.F) {
 func TestReassemblerSwap(t *testing.T) {
 	const maxMsg = 64 << 10
 	r := NewReassembler(4, maxMsg, int64(time.Second))
-	add := func(id uint16, msg []byte, order []int) []byte {
+	add := func(id uint64, msg []byte, order []int) []byte {
 		t.Helper()
 		chunks := split(msg, 1400)
 		var got []byte
@@ -169,7 +169,7 @@ func TestReassemblerSwapAllocs(t *testing.T) {
 	msg := make([]byte, maxMsg-100) // 47 chunks of 1400 would be 65800 bytes
 	chunks := split(msg, 1400)
 	spares := [][]byte{make([]byte, maxMsg), make([]byte, maxMsg)}
-	id := uint16(0)
+	id := uint64(0)
 	one := func() {
 		id++
 		for i, c := range chunks {

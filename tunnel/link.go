@@ -82,6 +82,9 @@ func newLink(t transport, me, peer Hello, log *slog.Logger, h ControlHandler) *L
 	if st, ok := t.(superTransport); ok && me.Offload && peer.Offload && st.carriesSuper() {
 		l.offload = true
 	}
+	if st, ok := t.(sealingTransport); ok && peer.Sealed {
+		st.sealWhole()
+	}
 	l.keepalive, l.deadAfter, l.busyDeadAfter, l.writeTimeout = KeepaliveInterval, DeadAfter, BusyDeadAfter, WriteTimeout
 	go l.routineKeepalive()
 	return l

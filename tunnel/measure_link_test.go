@@ -94,7 +94,7 @@ func TestLinkMeasuresUDPLoss(t *testing.T) {
 	n := 0
 	relay.mu.Lock()
 	relay.pass = func(d []byte) bool {
-		if d[0] != udpMsgTransport {
+		if d[0] != udpMsgTransport && d[0] != udpMsgSealed {
 			return true
 		}
 		n++

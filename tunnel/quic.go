@@ -633,7 +633,7 @@ func (t *quicTransport) handleDatagram(d []byte) {
 		t.push(quicMsg{typ: MsgFrame, b: chunk}, false)
 		return
 	}
-	msg, err := t.reasm.Add(typ, id, index, count, chunk, int64(time.Since(t.epoch)))
+	msg, err := t.reasm.Add(typ, uint64(id), index, count, chunk, int64(time.Since(t.epoch)))
 	if err != nil {
 		t.rxBad.Add(1)
 		return

@@ -138,7 +138,10 @@ const (
 	udpMaxControl        = 60 << 10
 	udpReassemblyPending = 16
 	udpReassemblyMax     = bridge.VnetHdrLen + bridge.MaxSuperFrame
-	udpMaxSuperQueued    = 32 // super-frames among the udpQueueLen (64 KB each)
+	// udpReassemblyBuf holds the largest message, or its ciphertext when
+	// it was sealed whole (udp_sealed.go).
+	udpReassemblyBuf  = udpReassemblyMax + udpTagLen
+	udpMaxSuperQueued = 32 // super-frames among the udpQueueLen (64 KB each)
 	// udpSocketBuffer: a link delivers a batch of 64 frames (128 datagrams)
 	// at once, several links may burst together, and the reader decrypts
 	// while the kernel queues; the default ~200 KiB overflows within one
@@ -231,7 +234,7 @@ type udpBuf struct{ b []byte }
 var udpLargePool = sync.Pool{New: func() any { return &udpBuf{b: make([]byte, bridge.MaxFrame)} }}
 
 // udpSuperPool holds buffers for reassembled super-frames.
-var udpSuperPool = sync.Pool{New: func() any { return &udpBuf{b: make([]byte, udpReassemblyMax)} }}
+var udpSuperPool = sync.Pool{New: func() any { return &udpBuf{b: make([]byte, udpReassemblyBuf)} }}
 
 // UDPMux is one UDP socket shared by every datagram link of a daemon, its
 // STUN traffic and its hole punching. It implements Acceptor.
@@ -638,6 +641,8 @@ func (m *UDPMux) receive(slot **udpBuf, view []byte, n int, from netip.AddrPort,
 	switch b[0] {
 	case udpMsgTransport:
 		m.handleData(slot, b, from, now)
+	case udpMsgSealed:
+		m.handleSealed(b, from, now)
 	case udpMsgInit:
 		m.handleInit(b, from)
 	case udpMsgResponse:

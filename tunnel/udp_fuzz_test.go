@@ -36,7 +36,7 @@ func (f *memIO) keep(b []byte) {
 
 func (f *memIO) sendBatch(b *udpTxBatch) error {
 	for i := 0; i < b.n; i++ {
-		f.keep(b.bufs[i][:b.size[i]])
+		f.keep(b.datagram(i))
 	}
 	return nil
 }

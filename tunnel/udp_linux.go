@@ -322,7 +322,7 @@ func (u *linuxUDPIO) sendBatch(b *udpTxBatch) error {
 	if len(b.msgs) < b.n {
 		b.msgs = make([]ipv4.Message, len(b.bufs))
 		for i := range b.msgs {
-			b.msgs[i].Buffers = make([][]byte, 1)
+			b.msgs[i].Buffers = make([][]byte, 1, 2)
 		}
 	}
 	d := b.dest
@@ -344,7 +344,10 @@ func (u *linuxUDPIO) sendBatch(b *udpTxBatch) error {
 	}
 	ms := b.msgs[:b.n]
 	for i := range ms {
-		ms[i].Buffers[0] = b.bufs[i][:b.size[i]]
+		ms[i].Buffers = append(ms[i].Buffers[:0], b.bufs[i][:b.size[i]])
+		if i < len(b.body) && b.body[i] != nil {
+			ms[i].Buffers = append(ms[i].Buffers, b.body[i])
+		}
 		ms[i].Addr = d.ua
 	}
 	return u.writeBatch(ms)
@@ -364,23 +367,29 @@ func (u *linuxUDPIO) gsoMessages(b *udpTxBatch, to net.Addr) []ipv4.Message {
 	space := unix.CmsgSpace(2)
 	if len(b.gmsgs) < len(b.bufs) {
 		b.gmsgs = make([]ipv4.Message, len(b.bufs))
-		b.iov = make([][]byte, len(b.bufs))
+		b.iov = make([][]byte, 2*len(b.bufs)) // a header and a body per datagram at most
 		b.oob = make([]byte, len(b.bufs)*space)
 	}
 	ms := b.gmsgs[:0]
+	k := 0 // next free iov
 	for i := 0; i < b.n; {
-		seg := b.size[i]
-		j, total := i, 0
-		for j < b.n && j-i < udpGSOMaxSegs && total+b.size[j] <= udpGSOMaxBytes && b.size[j] <= seg {
-			b.iov[j] = b.bufs[j][:b.size[j]]
-			total += b.size[j]
+		seg := b.length(i)
+		j, total, k0 := i, 0, k
+		for j < b.n && j-i < udpGSOMaxSegs && total+b.length(j) <= udpGSOMaxBytes && b.length(j) <= seg {
+			b.iov[k] = b.bufs[j][:b.size[j]]
+			k++
+			if j < len(b.body) && b.body[j] != nil {
+				b.iov[k] = b.body[j]
+				k++
+			}
+			total += b.length(j)
 			j++
-			if b.size[j-1] < seg { // a short one ends the run
+			if b.length(j-1) < seg { // a short one ends the run
 				break
 			}
 		}
 		m := &b.gmsgs[len(ms)]
-		m.Buffers, m.Addr, m.OOB = b.iov[i:j], to, nil
+		m.Buffers, m.Addr, m.OOB = b.iov[k0:k], to, nil
 		if j-i > 1 {
 			oob := b.oob[len(ms)*space : (len(ms)+1)*space]
 			h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))

@@ -45,7 +45,7 @@ func (u *portableUDPIO) sendBatch(b *udpTxBatch) error {
 		return err
 	}
 	for i := 0; i < b.n; i++ {
-		if _, err := u.conn.WriteToUDPAddrPort(b.bufs[i][:b.size[i]], to); err != nil {
+		if _, err := u.conn.WriteToUDPAddrPort(b.datagram(i), to); err != nil {
 			return err
 		}
 	}

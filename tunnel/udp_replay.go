@@ -22,6 +22,19 @@ type replayWindow struct {
 	ring [replayRingBlocks]uint64
 }
 
+// fresh reports whether accept would take counter c, without marking it.
+func (w *replayWindow) fresh(c uint64) bool {
+	switch {
+	case c >= replayCounterLimit:
+		return false
+	case c > w.last:
+		return true
+	case w.last-c > replayWindowSize:
+		return false
+	}
+	return w.ring[(c/replayBlockBits)%replayRingBlocks]&(uint64(1)<<(c%replayBlockBits)) == 0
+}
+
 // accept reports whether counter c is fresh and marks it seen.
 func (w *replayWindow) accept(c uint64) bool {
 	if c >= replayCounterLimit {

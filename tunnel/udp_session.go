@@ -28,12 +28,14 @@ type udpSession struct {
 	local, remote uint32 // our index (receiver index of their datagrams), theirs
 
 	// receive half: the mux's reader only
-	rx          cipher.AEAD
-	rxNonce     [12]byte
-	replay      replayWindow
-	reasm       *Reassembler
-	reasmExpire uint64
-	rxFrom      netip.AddrPort
+	rx           cipher.AEAD
+	rxNonce      [12]byte
+	replay       replayWindow
+	reasm        *Reassembler // type 4 messages' plaintext chunks
+	sealedReasm  *Reassembler // type 5 messages' ciphertext chunks (udp_sealed.go)
+	reasmExpire  uint64       // the two reassemblers' Expired, last counted
+	sealedChunks uint64       // sealedReasm.ExpiredChunks, last counted
+	rxFrom       netip.AddrPort
 
 	peer      atomic.Pointer[netip.AddrPort] // where we send: the latest authenticated source
 	confirmed atomic.Bool                    // an authenticated datagram arrived
@@ -63,6 +65,7 @@ type udpSession struct {
 		nonce   [12]byte
 		counter uint64
 		fragID  uint16
+		whole   bool        // the peer opens messages sealed whole (Hello.Sealed)
 		dest    udpDest     // the peer's address as the socket wants it
 		batch   *udpTxBatch // from the mux's pool during a write
 	}
@@ -92,9 +95,14 @@ func (e *udpMsg) release() {
 type udpTxBatch struct {
 	bufs [][]byte // udpSendBatch buffers of maxPayload bytes
 	size []int
+	// body[i], when not nil, follows bufs[i][:size[i]] in datagram i: a
+	// chunk of a message sealed whole, which stays in sealed (sealed.go).
+	body [][]byte
 	n    int
 	to   netip.AddrPort
 	dest *udpDest // the sending session's cache
+
+	sealed []byte // ciphertexts of messages sealed whole, until the batch is sent
 
 	msgs []ipv4.Message
 	// UDP GSO scratch (udp_linux.go): one message per run of equal-sized
@@ -102,6 +110,24 @@ type udpTxBatch struct {
 	gmsgs []ipv4.Message
 	iov   [][]byte
 	oob   []byte
+}
+
+// datagram returns datagram i whole, copying its body (if it has one)
+// behind its header: for ios that send one buffer per datagram.
+func (b *udpTxBatch) datagram(i int) []byte {
+	d := b.bufs[i][:b.size[i]]
+	if i < len(b.body) && b.body[i] != nil {
+		d = append(d, b.body[i]...)
+	}
+	return d
+}
+
+// length is datagram i's size, body included.
+func (b *udpTxBatch) length(i int) int {
+	if i < len(b.body) {
+		return b.size[i] + len(b.body[i])
+	}
+	return b.size[i]
 }
 
 // udpDest caches the socket address of a session's peer (converting one
@@ -115,7 +141,7 @@ func (m *UDPMux) getTxBatch() *udpTxBatch {
 	if b, ok := m.txPool.Get().(*udpTxBatch); ok {
 		return b
 	}
-	b := &udpTxBatch{bufs: make([][]byte, udpSendBatch), size: make([]int, udpSendBatch)}
+	b := &udpTxBatch{bufs: make([][]byte, udpSendBatch), size: make([]int, udpSendBatch), body: make([][]byte, udpSendBatch)}
 	for i := range b.bufs {
 		b.bufs[i] = make([]byte, m.maxPayload)
 	}
@@ -155,8 +181,9 @@ func newAEAD(key [32]byte) cipher.AEAD {
 // under a dial's reserved index.
 func (m *UDPMux) addSession(local, remote uint32, peer netip.AddrPort, txKey, rxKey [32]byte) (*udpSession, error) {
 	s := &udpSession{m: m, remote: remote, rx: newAEAD(rxKey),
-		reasm: NewReassembler(udpReassemblyPending, udpReassemblyMax, int64(UDPReassemblyTimeout)),
-		in:    make(chan udpMsg, udpQueueLen), done: make(chan struct{}), rxFrom: peer}
+		reasm:       NewReassembler(udpReassemblyPending, udpReassemblyBuf, int64(UDPReassemblyTimeout)),
+		sealedReasm: NewReassembler(udpReassemblyPending, udpReassemblyBuf, int64(UDPReassemblyTimeout)),
+		in:          make(chan udpMsg, udpQueueLen), done: make(chan struct{}), rxFrom: peer}
 	s.tx.aead = newAEAD(txKey)
 	s.peer.Store(&peer)
 	m.mu.Lock()
@@ -221,20 +248,7 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		m.count(udpReplay)
 		return
 	}
-	s.rxGot.Add(1)
-	if ctr >= s.rxNext.Load() {
-		s.rxNext.Store(ctr + 1)
-	}
-	if from != s.rxFrom { // NAT rebinding or roaming: follow the peer
-		s.rxFrom = from
-		p := new(netip.AddrPort) // only here: from itself must not escape
-		*p = from
-		s.peer.Store(p)
-		m.count(udpRoam)
-	}
-	if !s.confirmed.Load() {
-		s.confirmed.Store(true)
-	}
+	m.authenticated(s, ctr, 1, from)
 	typ, id, index, count, chunk, err := ParseInner(pt)
 	if err != nil {
 		m.count(udpBadMessage)
@@ -261,11 +275,8 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		}
 		return
 	}
-	msg, err := s.reasm.Add(typ, id, index, count, chunk, now)
-	if e := s.reasm.Expired; e != s.reasmExpire {
-		m.counters[udpFragExpired].Add(e - s.reasmExpire)
-		s.reasmExpire = e
-	}
+	msg, err := s.reasm.Add(typ, uint64(id), index, count, chunk, now)
+	m.countExpired(s)
 	if err != nil {
 		if errors.Is(err, ErrFragTooBig) {
 			m.count(udpTooBig)
@@ -281,6 +292,49 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		m.count(udpBadMessage)
 		return
 	}
+	m.queueReassembled(s, s.reasm, typ, msg)
+}
+
+// authenticated records that datagrams datagrams under counter ctr
+// (a message sealed whole spans several) came from the peer at from.
+func (m *UDPMux) authenticated(s *udpSession, ctr, datagrams uint64, from netip.AddrPort) {
+	s.rxGot.Add(datagrams)
+	if ctr+datagrams > s.rxNext.Load() {
+		s.rxNext.Store(ctr + datagrams)
+	}
+	if from != s.rxFrom { // NAT rebinding or roaming: follow the peer
+		s.rxFrom = from
+		p := new(netip.AddrPort) // only here: from itself must not escape
+		*p = from
+		s.peer.Store(p)
+		m.count(udpRoam)
+	}
+	if !s.confirmed.Load() {
+		s.confirmed.Store(true)
+	}
+}
+
+// countExpired adds the messages s's reassemblers dropped incomplete
+// since the last call to the mux's counter.
+func (m *UDPMux) countExpired(s *udpSession) {
+	if e := s.reasm.Expired + s.sealedReasm.Expired; e != s.reasmExpire {
+		m.counters[udpFragExpired].Add(e - s.reasmExpire)
+		s.reasmExpire = e
+	}
+	// The datagrams of a message sealed whole count as arrived only when
+	// it opens; those of one that never completes, when it is dropped. The
+	// loss is then the datagrams that did not come, as for type 4, not
+	// their whole messages (taken on trust: a forger who knows the session
+	// can hide loss, no more).
+	if c := s.sealedReasm.ExpiredChunks; c != s.sealedChunks {
+		s.rxGot.Add(c - s.sealedChunks)
+		s.sealedChunks = c
+	}
+}
+
+// queueReassembled queues msg, a whole message that r has just returned
+// (it lies in r's memory until r's next Add), for the link's reader.
+func (m *UDPMux) queueReassembled(s *udpSession, r *Reassembler, typ byte, msg []byte) {
 	e := udpMsg{typ: typ}
 	if len(msg) <= m.rxSize { // a 1514-byte frame: no need for a jumbo buffer
 		e.buf, e.pool = m.getRx(), &m.rxPool
@@ -290,11 +344,11 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		e.data = e.buf.b[:copy(e.buf.b, msg)]
 	} else if typ == MsgFrameGSO {
 		e.buf, e.pool = udpSuperPool.Get().(*udpBuf), &udpSuperPool
-		if slab := s.reasm.Swap(e.buf.b); slab != nil {
+		if slab := r.Swap(e.buf.b); slab != nil {
 			// The reassembler keeps the pool's buffer and the message
 			// leaves in its slab, uncopied: 64 KB less to move per
 			// super-frame, at every receiving end (the proxy's too).
-			e.buf.b, e.data = slab[:len(e.buf.b)], slab
+			e.buf.b, e.data = slab[:len(e.buf.b)], slab[:len(msg)]
 		} else {
 			e.data = e.buf.b[:copy(e.buf.b, msg)]
 		}
@@ -528,6 +582,10 @@ func (s *udpSession) appendFrameLocked(typ byte, b []byte, offset int) {
 	chunkMax := s.m.chunkMax
 	n := len(b) - offset
 	count := FragmentCount(n, chunkMax)
+	if count > 1 && s.tx.whole {
+		s.appendWholeLocked(typ, b[offset:])
+		return
+	}
 	var id uint16
 	if count > 1 {
 		s.tx.fragID++
@@ -585,7 +643,7 @@ func (s *udpSession) finishLocked(d, plaintext []byte) {
 	t.counter++
 	out := t.aead.Seal(d[udpDataHeaderLen:udpDataHeaderLen], t.nonce[:], plaintext, d[:udpDataHeaderLen])
 	b := t.batch
-	b.size[b.n] = udpDataHeaderLen + len(out)
+	b.size[b.n], b.body[b.n] = udpDataHeaderLen+len(out), nil
 	b.n++
 }
 
@@ -608,7 +666,7 @@ func (s *udpSession) flushLocked() error {
 	b.to = *s.peer.Load()
 	n := b.n
 	err := s.m.io.sendBatch(b)
-	b.n = 0
+	b.n, b.sealed = 0, b.sealed[:0]
 	s.m.counters[udpTxDatagrams].Add(uint64(n))
 	if err != nil {
 		if s.m.closed() {
