@@ -29,6 +29,9 @@ package tunnel
 //	+------+--------------------+--------------------------------------+
 //	| AES-256-GCM(inner header (5, frag.go) | chunk) | tag (16)        |
 //	+---------------------------------------------------------------+
+//	type 5, a chunk of a message sealed whole: to a peer whose Hello
+//	offers it (Hello.Sealed), a message of several datagrams is sealed
+//	once and its ciphertext cut into datagrams (udp_sealed.go).
 //
 // The transport AEAD uses the keys of the Noise handshake's split (initiator
 // to responder, and back), nonce = 4 zero bytes | counter (as Noise's
@@ -247,6 +250,7 @@ type UDPMux struct {
 	is6        bool // the socket is AF_INET6: IPv4 peers as v4-mapped
 	maxPayload int  // MaxUDPPayload at creation, or from UDPOptions.UnderlayMTU
 	noFrag     bool // UDPOptions.NoFragment
+	sealedOff  bool // tests: offer no messages sealed whole, as a daemon from before them
 	chunkMax   int  // message bytes per transport datagram
 	maxControl int  // largest control message
 	rxSize     int  // receive buffer size: datagrams of rxSize-1 bytes at most

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 
@@ -148,6 +149,8 @@ func FuzzUDPDatagram(f *testing.F) {
 	sa, _, init := memHandshake(f, a, b)
 	sa.writeMsg(MsgControl, []byte(`{"op":"x"}`))
 	sa.writeFrames([][]byte{make([]byte, bridge.Headroom+3000)}, bridge.Headroom, false)
+	sa.sealWhole()
+	sa.writeFrames([][]byte{make([]byte, bridge.Headroom+3000)}, bridge.Headroom, false)
 	for _, d := range a.io.(*memIO).take() {
 		f.Add(d)
 	}
@@ -183,11 +186,39 @@ func FuzzUDPDatagram(f *testing.F) {
 			feedView(b, d, fuzzFromA) // d is unchanged: feedView decrypts a copy
 			feed(b, d, fuzzFromA)     // the replay
 		}
+		if len(data) > udpSealedHeaderLen {
+			// The rest as a message sealed whole, of the inner type in
+			// data, its chunks fed in order or backwards, one left out or
+			// given twice, as data says.
+			sa.tx.Lock()
+			sa.beginTxLocked()
+			sa.appendWholeLocked(data[udpSealedHeaderType], data[udpSealedHeaderLen:])
+			sa.flushLocked()
+			sa.endTxLocked()
+			sa.tx.Unlock()
+			ds := a.io.(*memIO).take()
+			mode := data[udpSealedHeaderIndex]
+			if mode&1 != 0 {
+				slices.Reverse(ds)
+			}
+			for i, d := range ds {
+				switch {
+				case mode&2 != 0 && i == int(mode>>2)%len(ds):
+					continue
+				case mode&2 == 0 && i == int(mode>>2)%len(ds):
+					feed(b, d, fuzzFromA)
+				}
+				feedView(b, d, fuzzFromA)
+			}
+		}
 		if b.sessionCount() != 1 || b.pendingCount() > 1 {
 			t.Fatalf("%d sessions, %d pending", b.sessionCount(), b.pendingCount())
 		}
-		if sb.reasm.Pending() > udpReassemblyPending {
-			t.Fatalf("%d messages in reassembly", sb.reasm.Pending())
+		if sb.reasm.Pending() > udpReassemblyPending || sb.sealedReasm.Pending() > udpReassemblyPending {
+			t.Fatalf("%d and %d messages in reassembly", sb.reasm.Pending(), sb.sealedReasm.Pending())
+		}
+		if got, next := sb.rxGot.Load(), sb.rxNext.Load(); got > next {
+			t.Fatalf("%d datagrams counted arrived, of %d sent", got, next)
 		}
 		checkQueue(t, b, sb)
 	})

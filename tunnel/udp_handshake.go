@@ -138,7 +138,7 @@ func (m *UDPMux) timestamp() [udpTimestampLen]byte {
 func (m *UDPMux) newDial(hello Hello) (*udpDial, error) {
 	hello.Version = WireVersion
 	hello.Offload = hello.Offload && !m.noFrag // a super-frame would be split
-	hello.Sealed = true
+	hello.Sealed = !m.sealedOff
 	js, err := json.Marshal(hello)
 	if err != nil {
 		return nil, err
@@ -550,7 +550,7 @@ func (m *UDPMux) answer(p *udpPending, h Hello) (transport, error) {
 	}
 	h.Version = WireVersion
 	h.Offload = h.Offload && !m.noFrag // a super-frame would be split
-	h.Sealed = true
+	h.Sealed = !m.sealedOff
 	js, err := json.Marshal(h)
 	if err != nil {
 		return nil, err

@@ -45,7 +45,9 @@ func testUDPOffloadRoundTrip(t *testing.T, network string, ip net.IP) {
 	t.Logf("UDP_SEGMENT %v, UDP_GRO %v", tx.gso, rx.gro != nil)
 
 	// Two super-frames' worth: 45 datagrams of 1452 bytes and a short
-	// one, twice, then three lone small ones.
+	// one, twice, then three lone small ones. The second super-frame's
+	// datagrams are a header and a body apart, as a message sealed whole
+	// sends them.
 	var want [][]byte
 	sizes := []int{}
 	for range 2 {
@@ -55,22 +57,33 @@ func testUDPOffloadRoundTrip(t *testing.T, network string, ip net.IP) {
 		sizes = append(sizes, 333)
 	}
 	sizes = append(sizes, 60, 60, 61)
-	b := &udpTxBatch{bufs: make([][]byte, len(sizes)), size: make([]int, len(sizes))}
+	b := &udpTxBatch{bufs: make([][]byte, len(sizes)), size: make([]int, len(sizes)), body: make([][]byte, len(sizes))}
 	for i, n := range sizes {
 		d := make([]byte, 1452)
 		for j := range d {
 			d[j] = byte(i*7 + j)
 		}
 		b.bufs[i], b.size[i] = d, n
+		if i >= 46 && i < 92 {
+			b.size[i], b.body[i] = udpSealedHeaderLen, d[udpSealedHeaderLen:n]
+		}
 		want = append(want, d[:n])
 	}
 	b.n = len(sizes)
 	b.to = rxConn.LocalAddr().(*net.UDPAddr).AddrPort()
 	b.dest = &udpDest{}
-	if err := tx.sendBatch(b); err != nil {
-		t.Fatal(err)
+	// Segmented where the kernel can, then one datagram per message.
+	for _, gso := range []bool{true, false} {
+		tx.gsoOff.Store(!gso)
+		if err := tx.sendBatch(b); err != nil {
+			t.Fatal(err)
+		}
+		receiveAll(t, rxConn, rx, tx, want)
 	}
+}
 
+func receiveAll(t *testing.T, rxConn *net.UDPConn, rx, tx *linuxUDPIO, want [][]byte) {
+	t.Helper()
 	bufs := make([][]byte, 4)
 	for i := range bufs {
 		bufs[i] = make([]byte, 2048)

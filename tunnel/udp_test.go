@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -615,6 +616,35 @@ func TestUDPReplayedDatagramDropped(t *testing.T) {
 	sendAndCheck(t, la, got, []int{200})
 	lb.Close()
 	wg.Wait()
+}
+
+// TestUDPSealedOnlyWhenOffered: a message of several datagrams goes
+// sealed whole (type 5) to a peer that offers it, and per datagram (type
+// 4) to one from before type 5; both arrive.
+func TestUDPSealedOnlyWhenOffered(t *testing.T) {
+	for _, old := range []bool{false, true} {
+		t.Run(fmt.Sprintf("old=%v", old), func(t *testing.T) {
+			k, _ := GenerateKey()
+			a, b := listenUDPTest(t, k, nil), listenUDPTest(t, k, nil)
+			b.sealedOff = old
+			r := newUDPRelay(t, apOf(b.Addr()))
+			la, lb, err := dialAccept(t, a, b, []netip.AddrPort{r.addr()}, "a", nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var wg sync.WaitGroup
+			got := make(chan []byte, 64)
+			wg.Add(1)
+			go pump(lb, got, &wg)
+			sendAndCheck(t, la, got, []int{1514, 60, 9000})
+			sealed, plain := len(r.captured(udpMsgSealed)), len(r.captured(udpMsgTransport))
+			if old && sealed != 0 || !old && sealed < 2+7 || plain < 1 {
+				t.Errorf("to a peer that offers sealed messages: %v; %d type 5 and %d type 4 datagrams", !old, sealed, plain)
+			}
+			lb.Close()
+			wg.Wait()
+		})
+	}
 }
 
 func TestUDPReplayedHandshake(t *testing.T) {
