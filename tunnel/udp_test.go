@@ -2,11 +2,11 @@ package tunnel
 
 import (
 	"bytes"
-	"fmt"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"log/slog"
 	mrand "math/rand/v2"
