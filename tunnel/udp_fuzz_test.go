@@ -303,6 +303,9 @@ func FuzzReplayWindow(f *testing.F) {
 				c = replayCounterLimit - v%4
 			}
 			want := c < replayCounterLimit && !seen[c] && (c > last || last-c <= replayWindowSize)
+			if got := w.fresh(c); got != want {
+				t.Fatalf("counter %d (newest %d): fresh = %v, want %v", c, last, got, want)
+			}
 			if got := w.accept(c); got != want {
 				t.Fatalf("counter %d (newest %d): accept = %v, want %v", c, last, got, want)
 			}
