@@ -96,7 +96,8 @@ type udpTxBatch struct {
 	bufs [][]byte // udpSendBatch buffers of maxPayload bytes
 	size []int
 	// body[i], when not nil, follows bufs[i][:size[i]] in datagram i: a
-	// chunk of a message sealed whole, which stays in sealed (sealed.go).
+	// chunk of a message sealed whole, which stays in sealed until the
+	// batch is sent (udp_sealed.go).
 	body [][]byte
 	n    int
 	to   netip.AddrPort
@@ -295,8 +296,9 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 	m.queueReassembled(s, s.reasm, typ, msg)
 }
 
-// authenticated records that datagrams datagrams under counter ctr
-// (a message sealed whole spans several) came from the peer at from.
+// authenticated records an authenticated message from the peer at from:
+// one datagram under counter ctr, or a message sealed whole that spans
+// datagrams counters from ctr.
 func (m *UDPMux) authenticated(s *udpSession, ctr, datagrams uint64, from netip.AddrPort) {
 	s.rxGot.Add(datagrams)
 	if ctr+datagrams > s.rxNext.Load() {
