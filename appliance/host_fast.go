@@ -392,7 +392,6 @@ func (h *Host) runFast(name string, link *tunnel.Link) {
 		link.Close()
 	}
 	h.mu.Lock()
-	h.dropEarlyLocked(name, link)
 	if h.mu.fast[name] == link {
 		delete(h.mu.fast, name)
 		if _, still := h.mu.desired[name]; still {

@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"encoding/binary"
-	"errors"
 	"net/netip"
 )
 
@@ -120,16 +119,7 @@ func (m *UDPMux) handleSealed(b []byte, from netip.AddrPort, now int64) {
 		m.count(udpReplay)
 		return
 	}
-	msg, err := s.sealedReasm.Add(typ, ctr, index, count, b[udpSealedHeaderLen:], now)
-	m.countExpired(s)
-	if err != nil {
-		if errors.Is(err, ErrFragTooBig) {
-			m.count(udpTooBig)
-		} else {
-			m.count(udpFragError)
-		}
-		return
-	}
+	msg := m.reassemble(s, s.sealedReasm, typ, ctr, index, count, b[udpSealedHeaderLen:], now)
 	if msg == nil {
 		return
 	}

@@ -276,16 +276,7 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		}
 		return
 	}
-	msg, err := s.reasm.Add(typ, uint64(id), index, count, chunk, now)
-	m.countExpired(s)
-	if err != nil {
-		if errors.Is(err, ErrFragTooBig) {
-			m.count(udpTooBig)
-		} else {
-			m.count(udpFragError)
-		}
-		return
-	}
+	msg := m.reassemble(s, s.reasm, typ, uint64(id), index, count, chunk, now)
 	if msg == nil {
 		return
 	}
@@ -294,6 +285,20 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		return
 	}
 	m.queueReassembled(s, s.reasm, typ, msg)
+}
+
+// reassemble adds a chunk to r (one of s's reassemblers) and returns the
+// whole message once it is complete, or nil, counting what r dropped.
+func (m *UDPMux) reassemble(s *udpSession, r *Reassembler, typ byte, id uint64, index, count uint8, chunk []byte, now int64) []byte {
+	msg, err := r.Add(typ, id, index, count, chunk, now)
+	m.countExpired(s)
+	switch {
+	case errors.Is(err, ErrFragTooBig):
+		m.count(udpTooBig)
+	case err != nil:
+		m.count(udpFragError)
+	}
+	return msg
 }
 
 // authenticated records an authenticated message from the peer at from:
