@@ -11,10 +11,10 @@ import (
 //	go test ./tunnel -run XXX -bench 'Cipher|Codec' -benchmem
 //
 // Seal is writeFrames: inner headers, AES-GCM per datagram (or once per
-// message, -whole), the batch handed to an io that drops it. Open is what the mux's reader and the
-// link's reader do with those datagrams: receive (authenticate, decrypt in
-// place, replay window, reassembly) and readMsg (into the switch's
-// buffer). Open also copies each datagram into the reader's buffer first,
+// message, -whole), the batch handed to an io that drops it. Open is what
+// the mux's reader and the link's reader do with those datagrams: receive
+// (authenticate, decrypt in place, replay window, reassembly) and readMsg
+// (into the switch's buffer). Open also copies each datagram into the reader's buffer first,
 // standing in for the kernel's copy of a receive, which the real path pays
 // too. BenchmarkUDPLink measures the same path with the sockets.
 
