@@ -7,8 +7,9 @@
 //
 //  1. forwarding rules (VNET style: src and dst match -> link or port; the most
 //     specific rules win and all rules tied at the top score fire),
-//  2. the MAC table (learned from source addresses, or announced by the peer
-//     of a fast-path link),
+//  2. the MAC table (learned from source addresses on VM ports and star
+//     links; announced by the peer of a fast-path link, or at the proxy
+//     pinned to the star link of the host that reports the VM),
 //  3. flooding on the star: every VM port and star link except the one the
 //     frame came in on. Floods never cross fast-path links, so the overlay
 //     stays a tree for broadcast traffic and cannot loop.

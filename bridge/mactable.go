@@ -21,7 +21,7 @@ type origin uint8
 
 const (
 	originLearned   origin = iota // seen as a source address on the port
-	originAnnounced               // the peer of a fast-path link said it hosts the MAC
+	originAnnounced               // the far end of a link hosts the MAC: its fast-path peer said so, or (at the proxy) its host reported it
 )
 
 type macEntry struct {
@@ -63,9 +63,13 @@ func (t *macTable) lookup(mac MAC, now int64) *portState {
 	return e.port
 }
 
-// learn records that src was seen on p. Learning from a star link never
-// overrides an address that a fast-path peer announced (the fast path is the
-// better way to it); learning from a VM port overrides everything.
+// learn records that src was seen on p. Learning from a link never
+// overrides an announced address (the far end said where the VM is);
+// learning from a VM port overrides everything. Nothing is learned on a
+// fast-path link: its entries come from the peer's announcements only. A
+// frame on a fast link may have been relayed there (a planned path can
+// cross several links), and learning its source would point the VM at a
+// host that does not have it, a black hole once that path changes.
 func (t *macTable) learn(src MAC, p *portState, now int64) (looped bool) {
 	t.mu.RLock()
 	e := t.entries[src]
@@ -87,6 +91,9 @@ func (t *macTable) learn(src MAC, p *portState, now int64) (looped bool) {
 		if e.port.role == RoleLocal && now-e.seen.Load() < int64(localHold) {
 			return true
 		}
+	}
+	if p.role == RoleFast {
+		return false
 	}
 	t.set(src, p, originLearned, now)
 	return false
@@ -139,7 +146,7 @@ func (t *macTable) evictLocked(now int64) {
 	t.evicted.Add(1)
 }
 
-// announce pins macs to fast-path port p, replacing what p announced before.
+// announce pins macs to link port p, replacing what p announced before.
 func (t *macTable) announce(p *portState, macs []MAC, now int64) {
 	want := make(map[MAC]bool, len(macs))
 	for _, m := range macs {

@@ -302,8 +302,11 @@ func (s *Switch) RuleHits() []uint64 {
 	return out
 }
 
-// Announce pins macs to the fast-path port called name: the peer at its far
-// end hosts them. It replaces what was announced on that port before.
+// Announce pins macs to the link port called name: the daemon at its far
+// end hosts them (a fast-path peer's announcement, or a host's report to
+// the proxy). Learning from other links does not move a pinned address;
+// learning from a VM port does. It replaces what was announced on that
+// port before.
 func (s *Switch) Announce(name string, macs []MAC) error {
 	p := s.ports.Load().byName[name]
 	if p == nil {
