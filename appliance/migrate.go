@@ -366,6 +366,17 @@ func (p *Proxy) Migrate(ctx context.Context, spec, to string) (MigrateResult, er
 // forget tells every switch but the target host's to drop what it learned
 // of mac. Control over UDP links is soft state, so it is said twice.
 func (p *Proxy) forget(mac, to string) {
+	// The other hosts' last reports still name the VM: take it out of them
+	// now (their next reports, made after the forget, agree), so that it is
+	// pinned to its new host and not held where it was.
+	p.mu.Lock()
+	for name, rec := range p.mu.hosts {
+		if name != to {
+			rec.status.VMs = slices.DeleteFunc(slices.Clone(rec.status.VMs), func(vm VMInfo) bool { return vm.MAC == mac })
+		}
+	}
+	p.mu.Unlock()
+	p.pinVMs()
 	if m, err := bridge.ParseMAC(mac); err == nil {
 		if at, _ := p.sw.Where(m); at != StarLinkName(to) {
 			p.sw.Forget(m)

@@ -97,6 +97,7 @@ type Proxy struct {
 	reloading sync.Mutex    // one Reload at a time
 
 	adaptActions opCounts // changes the controller applied, by op (metrics)
+	pins         pins     // VMs pinned to their hosts' star links (pin.go)
 
 	enrollMu sync.Mutex // invites, joined hosts, revoked list (join.go); before mu
 	enroll   enrollState
@@ -418,6 +419,7 @@ func (p *Proxy) runHost(name string, link *tunnel.Link) {
 		link.Close()
 		return
 	}
+	p.repin(name)
 	p.log.Info("host joined", "name", name, "addr", link.RemoteAddr().String())
 	select {
 	case <-link.Done():
@@ -432,6 +434,7 @@ func (p *Proxy) runHost(name string, link *tunnel.Link) {
 	p.mu.Unlock()
 	if current {
 		p.sw.RemovePort(port)
+		p.pinVMs() // a VM it shared with another host is that host's alone now
 		if p.ctx.Err() == nil {
 			p.log.Warn("host left", "name", name, "err", link.Err())
 		}
@@ -482,6 +485,7 @@ func (p *Proxy) onStatus(name string, l *tunnel.Link, st hostStatus) {
 		changed = p.adoptLocked(rec)
 	}
 	p.mu.Unlock()
+	p.pinVMs()
 	if changed {
 		p.saveState()
 	}
