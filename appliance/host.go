@@ -107,6 +107,9 @@ type Host struct {
 	wg     sync.WaitGroup
 
 	statusMu sync.Mutex // serialises sendStatus (the ticker and kicks)
+	// newVM is signalled when a VM port gains an address: routineStatus
+	// then reports and announces it without waiting for its tick.
+	newVM chan struct{}
 
 	mu struct {
 		sync.Mutex
@@ -191,7 +194,13 @@ func NewHost(cfg HostConfig) (_ *Host, err error) {
 	if cfg.NoInfer {
 		obs = nil
 	}
-	h.sw = bridge.New(bridge.Config{Log: log, Observer: obs, BroadcastRate: cfg.BroadcastRate})
+	h.newVM = make(chan struct{}, 1)
+	h.sw = bridge.New(bridge.Config{Log: log, Observer: obs, BroadcastRate: cfg.BroadcastRate, OnNewLocal: func() {
+		select {
+		case h.newVM <- struct{}{}:
+		default:
+		}
+	}})
 	cleanup = append(cleanup, h.sw.Close)
 	for _, p := range cfg.Ports {
 		if err := h.sw.AddPort(p.Name, bridge.RoleLocal, p.Port); err != nil {
@@ -585,10 +594,23 @@ func (h *Host) routineStatus() {
 		case <-h.ctx.Done():
 			return
 		case <-t.C:
+			h.sendStatus(false)
+		case <-h.newVM:
+			// Fast-path peers reach a VM only once it is announced, and the
+			// proxy pins it to this host by the report: both at once. A VM
+			// that sprays source addresses gets a report per newVMGap.
+			h.sendStatus(false)
+			select {
+			case <-h.ctx.Done():
+				return
+			case <-time.After(newVMGap):
+			}
 		}
-		h.sendStatus(false)
 	}
 }
+
+// newVMGap is the least time between reports made for new VM addresses.
+const newVMGap = 100 * time.Millisecond
 
 func (h *Host) status() hostStatus {
 	st := hostStatus{API: h.APIAddr(), VMs: localVMs(h.sw, h.cfg.Name), Rules: ruleInfosHits(h.cfg.Name, h.sw),

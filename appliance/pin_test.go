@@ -3,6 +3,8 @@ package appliance
 import (
 	"testing"
 	"time"
+
+	"vnet/bridge"
 )
 
 // TestProxyPinsVMsToTheirHosts: a planned path that crosses a fast link and
@@ -53,4 +55,34 @@ func TestProxyPinsVMsToTheirHosts(t *testing.T) {
 	if got, want := n.route(a, b), "h1:link:star-h1 proxy:link:star-h2 h2:port:vm1 delivered=true"; got != want {
 		t.Fatalf("route to b after the detour = %q, want %q", got, want)
 	}
+}
+
+// TestNewVMAnnouncedAtOnce: a VM's first frame makes its host announce it
+// on its fast links and report it to the proxy (which pins it) at once,
+// not at the next status tick, so fast-path peers reach it directly from
+// the start.
+func TestNewVMAnnouncedAtOnce(t *testing.T) {
+	oldI, oldR := StatusInterval, StatusRefresh
+	StatusInterval, StatusRefresh = time.Hour, time.Hour
+	defer func() { StatusInterval, StatusRefresh = oldI, oldR }()
+	n := newTestNetKind(t, "udp", 2, 1)
+	if _, err := n.proxy.addLink("h1", "h2", ""); err != nil {
+		t.Fatal(err)
+	}
+	n.waitFor("fast link h1-h2 up", 10*time.Second, func() bool { return n.linkInfo("h1-h2").State == "up" })
+	vm := mac6(n.vms[1].MAC()) // h2/vm1, silent so far
+	pinned := func(sw interface{ MACs() []bridge.MACEntry }, port string) bool {
+		for _, e := range sw.MACs() {
+			if e.MAC == vm {
+				return e.Announced && e.Port == port
+			}
+		}
+		return false
+	}
+	if pinned(n.hosts["h1"].sw, "h1-h2") {
+		t.Fatal("a VM that has sent nothing is announced")
+	}
+	n.vms[1].Announce()
+	n.waitFor("h2's new VM announced on h1-h2", 5*time.Second, func() bool { return pinned(n.hosts["h1"].sw, "h1-h2") })
+	n.waitFor("h2's new VM pinned at the proxy", 5*time.Second, func() bool { return pinned(n.proxy.sw, "star-h2") })
 }

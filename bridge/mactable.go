@@ -40,6 +40,8 @@ type macTable struct {
 	entries map[MAC]*macEntry
 	evicted atomic.Uint64
 	moves   atomic.Uint64
+	// onNewLocal is Config.OnNewLocal.
+	onNewLocal func()
 }
 
 func newMACTable(max int) *macTable {
@@ -96,6 +98,9 @@ func (t *macTable) learn(src MAC, p *portState, now int64) (looped bool) {
 		return false
 	}
 	t.set(src, p, originLearned, now)
+	if p.role == RoleLocal && t.onNewLocal != nil {
+		t.onNewLocal()
+	}
 	return false
 }
 

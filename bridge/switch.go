@@ -100,6 +100,11 @@ type Config struct {
 	// whole network. 0: DefaultBroadcastRate; negative: no limit.
 	BroadcastRate int
 	Observer      Observer // optional; called once per received batch
+	// OnNewLocal, if set, is called when a VM port gains an address it did
+	// not have: a new VM, or one that moved here. It runs on the port's
+	// reader, so it must not block; a host uses it to announce the VM at
+	// once rather than at its next status tick.
+	OnNewLocal func()
 }
 
 // Switch is the layer-2 switch. Its methods are safe for concurrent use.
@@ -131,6 +136,7 @@ func New(cfg Config) *Switch {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Switch{log: log, observer: cfg.Observer, macs: newMACTable(cfg.MaxMACs)}
+	s.macs.onNewLocal = cfg.OnNewLocal
 	s.SetBroadcastRate(cfg.BroadcastRate)
 	s.pool.New = func() any { return &frame{buf: make([]byte, BufSize)} }
 	s.superPool.New = func() any { return &frame{buf: make([]byte, SuperBufSize)} }

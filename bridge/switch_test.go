@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,7 +29,12 @@ type rig struct {
 // s* star, f* fast.
 func newRig(t *testing.T, names ...string) *rig {
 	t.Helper()
-	r := &rig{t: t, sw: bridge.New(bridge.Config{}), ports: map[string]*bridgetest.ChanPort{}}
+	return newRigConfig(t, bridge.Config{}, names...)
+}
+
+func newRigConfig(t *testing.T, cfg bridge.Config, names ...string) *rig {
+	t.Helper()
+	r := &rig{t: t, sw: bridge.New(cfg), ports: map[string]*bridgetest.ChanPort{}}
 	for _, n := range names {
 		r.add(n)
 	}
@@ -275,6 +281,29 @@ func TestLoopedFramesDropped(t *testing.T) {
 	if got := keys(r.send("v2", mac(2), mac(1))); got != "[s1]" {
 		t.Fatalf("after the VM's port left, its address is reached via %s, want s1", got)
 	}
+}
+
+// TestOnNewLocal: the hook fires when a VM port gains an address (new, or
+// moved there), and not for more frames from it or for addresses on links.
+func TestOnNewLocal(t *testing.T) {
+	var calls atomic.Int32
+	r := newRigConfig(t, bridge.Config{OnNewLocal: func() { calls.Add(1) }}, "v1", "v2", "s1")
+	want := func(n int32, after string) {
+		t.Helper()
+		if got := calls.Load(); got != n {
+			t.Fatalf("after %s: OnNewLocal called %d times, want %d", after, got, n)
+		}
+	}
+	r.send("v1", mac(1), bridge.Broadcast)
+	want(1, "a new VM")
+	r.send("v1", mac(1), bridge.Broadcast)
+	want(1, "a second frame from it")
+	r.send("s1", mac(2), mac(1))
+	want(1, "an address learned on the star")
+	r.send("v2", mac(2), mac(1))
+	want(2, "that address on a VM port")
+	r.send("v2", mac(1), mac(2))
+	want(3, "a VM that moved to another port")
 }
 
 // TestFastLinksDoNotLearn: a frame relayed over a fast link does not teach
