@@ -64,7 +64,8 @@ func TestProxyPinsVMsToTheirHosts(t *testing.T) {
 func TestNewVMAnnouncedAtOnce(t *testing.T) {
 	oldI, oldR := StatusInterval, StatusRefresh
 	StatusInterval, StatusRefresh = time.Hour, time.Hour
-	defer func() { StatusInterval, StatusRefresh = oldI, oldR }()
+	// Restored after the hosts are closed (cleanups run last first).
+	t.Cleanup(func() { StatusInterval, StatusRefresh = oldI, oldR })
 	n := newTestNetKind(t, "udp", 2, 1)
 	if _, err := n.proxy.addLink("h1", "h2", ""); err != nil {
 		t.Fatal(err)
