@@ -56,8 +56,13 @@ func TestAdaptBuildsFastPaths(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after 30 s the ring's traffic still does not take the fast path: route %s; links %+v",
-				route, n.proxy.Links())
+			var evs []string
+			for _, ev := range n.proxy.agg.Events(0) {
+				evs = append(evs, ev.Kind+": "+ev.Note)
+			}
+			plan := n.proxy.planResult()
+			t.Fatalf("after 30 s the ring's traffic still does not take the fast path: route %s\nlinks %+v\nrules %+v\nplan %+v\nmatrix %+v\nevents %s",
+				route, n.proxy.Links(), n.proxy.rules(), plan, n.proxy.agg.Matrix(3*time.Second).Entries, strings.Join(evs, "\n"))
 		}
 	}
 	var acts []string
