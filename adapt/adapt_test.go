@@ -258,6 +258,64 @@ func TestGreedyRingPicksHeavyPairs(t *testing.T) {
 	}
 }
 
+// TestEvaluatePlanFollowsRules: a plan is scored by the paths its rules
+// make. Rules that detour over the star score worse than the planner's
+// own on the same links, though the links alone (Evaluate) score the same;
+// rules that loop are scored as the star path.
+func TestEvaluatePlanFollowsRules(t *testing.T) {
+	in := ringInstance()
+	in.Budget = Budget{MaxLinks: 4}
+	p := Greedy(in)
+	// Close to the planner's objective, not equal: the planner loads links
+	// by the paths of its first pass, this by the paths the rules make.
+	own := EvaluatePlan(in, p)
+	if math.Abs(own-p.Objective) > 0.02*p.Objective {
+		t.Fatalf("the planner's own rules score %v, its objective is %v", own, p.Objective)
+	}
+	// Without rules, a host still uses a direct link to the destination's host.
+	two := mk(2, 1)
+	demand(&two, vm(1, 0), vm(2, 0), 1e6)
+	direct := []HostPair{{"h1", "h2"}}
+	if got, want := EvaluatePlan(two, Plan{Links: direct, Placement: two.Placement}), Evaluate(two, direct, two.Placement); math.Abs(got-want) > 1e-9*want {
+		t.Fatalf("a direct link without rules scores %v, want %v", got, want)
+	}
+	star := EvaluatePlan(in, Plan{Placement: in.Placement})
+	if s := Evaluate(in, nil, in.Placement); math.Abs(star-s) > 1e-6*s {
+		t.Fatalf("the star scores %v, Evaluate says %v", star, s)
+	}
+	// h1 -> h2 by way of h4 and the star, as a plan made for stale costs may route it.
+	withRules := func(extra ...Rule) Plan {
+		q := p
+		q.Rules = nil
+		for _, r := range p.Rules {
+			if r.Dst != vm(2, 0) {
+				q.Rules = append(q.Rules, r)
+			}
+		}
+		q.Rules = append(q.Rules, extra...)
+		return q
+	}
+	detour := withRules(Rule{Host: "h1", Src: "any", Dst: vm(2, 0), To: "link:h1-h4"},
+		Rule{Host: "h4", Src: "any", Dst: vm(2, 0), To: "link:star-h4"})
+	if got := EvaluatePlan(in, detour); !(got > own*1.1) || got >= star*10 {
+		t.Fatalf("the detour scores %v; the planner's rules %v, the star %v", got, own, star)
+	}
+	if Evaluate(in, detour.Links, detour.Placement) != Evaluate(in, p.Links, p.Placement) {
+		t.Fatal("Evaluate should not see rules")
+	}
+	loop := withRules(Rule{Host: "h1", Src: "any", Dst: vm(2, 0), To: "link:h1-h4"},
+		Rule{Host: "h4", Src: "any", Dst: vm(2, 0), To: "link:h1-h4"})
+	if got := EvaluatePlan(in, loop); math.IsInf(got, 0) || math.IsNaN(got) || !(got > own) {
+		t.Fatalf("the loop scores %v; the planner's rules %v", got, own)
+	}
+	// A rule on a link the plan lacks, or to a port, is no rule.
+	odd := withRules(Rule{Host: "h1", Src: "any", Dst: vm(2, 0), To: "link:h1-h3"},
+		Rule{Host: "h1", Src: "any", Dst: vm(3, 0), To: "port:vm0"})
+	if got, want := EvaluatePlan(in, odd), EvaluatePlan(in, withRules()); math.Abs(got-want) > 1e-9*want {
+		t.Fatalf("rules that do not apply changed the score: %v, want %v", got, want)
+	}
+}
+
 func TestGreedyBudgets(t *testing.T) {
 	in := ringInstance()
 	in.Budget = Budget{MaxPerHost: 1}

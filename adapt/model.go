@@ -3,6 +3,7 @@ package adapt
 import (
 	"math"
 	"sort"
+	"strings"
 )
 
 // latencyWindow is the number of bytes in flight that pay one one-way latency.
@@ -417,4 +418,115 @@ func (m *model) build(adj []bool, hostOf []int, reasons []string) Plan {
 func Evaluate(in Input, links []HostPair, placement map[string]string) float64 {
 	m := newModel(&in)
 	return m.route(m.adj(links), m.hostOf(placement)).obj
+}
+
+// EvaluatePlan returns the objective of p as the overlay forwards it: each demand follows
+// p.Rules hop by hop (a rule with Src "any" or the demand's source VM, no IP filter, and Dst
+// the demand's destination VM), and where no rule applies, what the switches do without
+// one: a host sends over its fast link to the destination's host if p has one (the peer
+// announced the VM there), otherwise to the proxy, and the proxy to the destination's host.
+// Links carry the load that these paths put on them, as in the planner's objective.
+//
+// Evaluate scores a link set under the best routing for it; a plan whose rules were made
+// for other costs or demands routes worse than that, and only this tells the two apart.
+// A path that loops or names a link p lacks is scored as the star path.
+func EvaluatePlan(in Input, p Plan) float64 {
+	m := newModel(&in)
+	adj := m.adj(p.Links)
+	hostOf := m.hostOf(p.Placement)
+	w := m.weights(adj)
+	N, n := m.N, m.n
+	node := func(name string) int {
+		if name == m.in.Proxy {
+			return n
+		}
+		if i, ok := m.hidx[name]; ok {
+			return i
+		}
+		return -1
+	}
+	fast := map[string]HostPair{}
+	for _, l := range p.Links {
+		fast[l.Name()] = l
+	}
+	type key struct{ node, dst int }
+	next := map[key]int{} // rules with Src "any"
+	nextFrom := map[[3]int]int{}
+	for _, r := range p.Rules {
+		u, d := node(r.Host), m.vidx[r.Dst]
+		if _, ok := m.vidx[r.Dst]; u < 0 || !ok || r.Filter != "" || !strings.HasPrefix(r.To, "link:") {
+			continue
+		}
+		v := -1
+		name := strings.TrimPrefix(r.To, "link:")
+		if h, ok := strings.CutPrefix(name, "star-"); ok && node(h) >= 0 {
+			if u == n {
+				v = node(h)
+			} else if u == node(h) {
+				v = n
+			}
+		} else if l, ok := fast[name]; ok && u < n {
+			switch {
+			case node(l.A) == u:
+				v = node(l.B)
+			case node(l.B) == u:
+				v = node(l.A)
+			}
+		}
+		if v < 0 || v == u || math.IsInf(w[u*N+v], 1) {
+			continue
+		}
+		if r.Src == "any" {
+			next[key{u, d}] = v
+		} else if s, ok := m.vidx[r.Src]; ok {
+			nextFrom[[3]int{u, s, d}] = v
+		}
+	}
+	hop := func(u, sv, dv, t int) int {
+		if v, ok := nextFrom[[3]int{u, sv, dv}]; ok {
+			return v
+		}
+		if v, ok := next[key{u, dv}]; ok {
+			return v
+		}
+		if u == n || adj[u*n+t] {
+			return t
+		}
+		return n
+	}
+	paths := make([][]int, len(m.dem))
+	load := make([]float64, N*N)
+	total := 0.0
+	for i, d := range m.dem {
+		s, t := hostOf[d.s], hostOf[d.d]
+		if s < 0 || t < 0 || s == t {
+			continue
+		}
+		path := []int{s}
+		for u := s; u != t; {
+			u = hop(u, d.s, d.d, t)
+			path = append(path, u)
+			if len(path) > N+1 {
+				path = []int{s, n, t} // a loop: score the star path
+				break
+			}
+		}
+		paths[i] = path
+		for k := 0; k+1 < len(path); k++ {
+			load[path[k]*N+path[k+1]] += d.bytes
+		}
+		total += d.bytes
+	}
+	if total == 0 {
+		return 0
+	}
+	obj := 0.0
+	for i, d := range m.dem {
+		p := paths[i]
+		for k := 0; k+1 < len(p); k++ {
+			e := p[k]*N + p[k+1]
+			obj += d.bytes * w[e] * (1 + load[e]/total)
+		}
+	}
+	return obj
 }

@@ -147,8 +147,6 @@ func (p *Proxy) plan(cfg AdaptConfig) (adapt.Input, adapt.Plan, adapt.Plan) {
 		// out (after the damper's dwell).
 		desired = adapt.Plan{Placement: in.Placement, Reasons: []string{"no VM traffic in the window: no fast path is wanted"}}
 	} else {
-		// The damper compares objectives for the same, current demands.
-		cur.Objective = adapt.Evaluate(in, cur.Links, in.Placement)
 		if in.Migrate = cfg.Migrate && p.migrator != nil; in.Migrate {
 			load := map[string]int{}
 			for _, h := range in.Placement {
@@ -162,6 +160,14 @@ func (p *Proxy) plan(cfg AdaptConfig) (adapt.Input, adapt.Plan, adapt.Plan) {
 		}
 	}
 	p.keepPinned(cur, &desired)
+	if len(in.Demands) > 0 {
+		// The damper compares objectives for the same, current demands, and
+		// both are scored by the paths their rules make on all their links,
+		// the operator's too. Scored by their link sets alone, a plan that
+		// only mends rules (made when the new links' costs were guesses)
+		// gains nothing, and the stale rules would stay for good.
+		cur.Objective, desired.Objective = adapt.EvaluatePlan(in, cur), adapt.EvaluatePlan(in, desired)
+	}
 	return in, cur, desired
 }
 
