@@ -65,8 +65,9 @@
 // current one by at least Hysteresis (a share of current.Objective; both objectives must be
 // computed by the caller for the same, current demands, and by EvaluatePlan, which scores
 // the paths a plan's rules make: scored by their link sets alone, two plans that differ
-// only in rules would tie, and rules made for stale costs would never give way). A link is deleted only when it is at
-// least MinDwell old and has not been in any desired plan for MinDwell; its rules go with it.
+// only in rules would tie, and rules made for stale costs would never give way). A link is
+// deleted only when it is at least MinDwell old and has not been in any desired plan for
+// MinDwell; its rules go with it.
 // Link additions, deletions and moves count against MaxChangesPerMinute (rules are cheap and
 // follow links; one that points to a held link is held too). A workload that alternates
 // patterns faster than MinDwell therefore keeps the union of the links its phases want: once

@@ -28,13 +28,13 @@ func (p *Proxy) pinVMs() {
 	p.pins.mu.Lock()
 	defer p.pins.mu.Unlock()
 	claims := map[string][]string{} // MAC -> the hosts that report it
-	var up []string
+	up := map[string]bool{}
 	p.mu.Lock()
 	for name, rec := range p.mu.hosts {
 		if rec.link == nil {
 			continue
 		}
-		up = append(up, name)
+		up[name] = true
 		for _, vm := range rec.status.VMs {
 			if !slices.Contains(claims[vm.MAC], name) {
 				claims[vm.MAC] = append(claims[vm.MAC], name)
@@ -52,11 +52,11 @@ func (p *Proxy) pinVMs() {
 		p.pins.last = map[string]string{}
 	}
 	for host := range p.pins.last {
-		if !slices.Contains(up, host) {
+		if !up[host] {
 			delete(p.pins.last, host) // its port is gone, and its pins with it
 		}
 	}
-	for _, host := range up {
+	for host := range up {
 		list := byHost[host]
 		slices.Sort(list)
 		key := strings.Join(list, ",")
