@@ -453,8 +453,9 @@ func EvaluatePlan(in Input, p Plan) float64 {
 	next := map[key]int{} // rules with Src "any"
 	nextFrom := map[[3]int]int{}
 	for _, r := range p.Rules {
-		u, d := node(r.Host), m.vidx[r.Dst]
-		if _, ok := m.vidx[r.Dst]; u < 0 || !ok || r.Filter != "" || !strings.HasPrefix(r.To, "link:") {
+		u := node(r.Host)
+		d, ok := m.vidx[r.Dst]
+		if u < 0 || !ok || r.Filter != "" || !strings.HasPrefix(r.To, "link:") {
 			continue
 		}
 		v := -1

@@ -104,9 +104,8 @@ func (m *UDPMux) handleSealed(b []byte, from netip.AddrPort, now int64) {
 		m.count(udpTruncated)
 		return
 	}
-	s := (*m.sessions.Load())[binary.BigEndian.Uint32(b[1:5])]
+	s := m.receiver(b)
 	if s == nil {
-		m.count(udpUnknownSession)
 		return
 	}
 	ctr := binary.BigEndian.Uint64(b[5:13])

@@ -225,6 +225,16 @@ func (m *UDPMux) removeSession(s *udpSession) {
 	m.sessions.Store(&next)
 }
 
+// receiver is the session that datagram b (type 4 or 5) is addressed to
+// by its receiver index, or nil, counted as an unknown session.
+func (m *UDPMux) receiver(b []byte) *udpSession {
+	s := (*m.sessions.Load())[binary.BigEndian.Uint32(b[1:5])]
+	if s == nil {
+		m.count(udpUnknownSession)
+	}
+	return s
+}
+
 // handleData decrypts a transport datagram in place and queues its message.
 // b is in *slot (kept for a whole message, *slot then nil) or, with slot
 // nil, lent by the io (see UDPMux.receive).
@@ -233,9 +243,8 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		m.count(udpTruncated)
 		return
 	}
-	s := (*m.sessions.Load())[binary.BigEndian.Uint32(b[1:5])]
+	s := m.receiver(b)
 	if s == nil {
-		m.count(udpUnknownSession)
 		return
 	}
 	ctr := binary.BigEndian.Uint64(b[5:13])
