@@ -59,13 +59,20 @@ func TestQuickPortKeepsOrder(t *testing.T) {
 // payload bytes), mostly one at a time with short pauses, sometimes in
 // bursts; lone says a frame is alone in its burst.
 func sendNumbered(n int, dst, src [6]byte, send func(frame []byte, lone bool)) {
-	rng := rand.New(rand.NewPCG(3, 4))
 	payload := make([]byte, 46)
+	sendNumberedWith(n, func(i int) []byte {
+		binary.BigEndian.PutUint32(payload, uint32(i))
+		return bridgetest.Frame(dst, src, payload)
+	}, send)
+}
+
+// sendNumberedWith is sendNumbered with frame i made by frame(i).
+func sendNumberedWith(n int, frame func(i int) []byte, send func(frame []byte, lone bool)) {
+	rng := rand.New(rand.NewPCG(3, 4))
 	for i := 0; i < n; {
 		burst := 1 + rng.IntN(3)*rng.IntN(8) // mostly lone frames, sometimes bursts
 		for j := 0; j < burst && i < n; j++ {
-			binary.BigEndian.PutUint32(payload, uint32(i))
-			send(bridgetest.Frame(dst, src, payload), burst == 1)
+			send(frame(i), burst == 1)
 			i++
 		}
 		if rng.IntN(3) == 0 {

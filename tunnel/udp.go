@@ -205,7 +205,7 @@ var udpCounterNames = [udpNumCounters]string{
 	udpRoam:            "roam",             // a session's peer changed address
 	udpRxDatagrams:     "rx-datagrams",
 	udpTxDatagrams:     "tx-datagrams",
-	udpPushed:          "pushed", // frames the reader handed to the switch itself (lone, link idle)
+	udpPushed:          "pushed", // frames the reader handed to the switch itself (lone or super, link idle)
 }
 
 // udpIO is the socket under a mux (udp_linux.go, udp_other.go; a fake in

@@ -45,7 +45,8 @@ type udpSession struct {
 
 	in     chan udpMsg
 	supers atomic.Int32 // super-frames in in
-	// The push path (bridge.PushPort): a frame that comes alone goes
+	// The push path (bridge.PushPort): a frame that comes alone, or a
+	// super-frame, goes
 	// straight to the switch from the mux's reader while the link's reader
 	// waits with nothing queued. pending counts messages queued in in and
 	// not yet done with by the link's reader; popped, the reader's own
@@ -351,6 +352,9 @@ func (m *UDPMux) countExpired(s *udpSession) {
 // queueReassembled queues msg, a whole message that r has just returned
 // (it lies in r's memory until r's next Add), for the link's reader.
 func (m *UDPMux) queueReassembled(s *udpSession, r *Reassembler, typ byte, msg []byte) {
+	if typ == MsgFrameGSO && s.pushOffload(msg) {
+		return
+	}
 	e := udpMsg{typ: typ}
 	if len(msg) <= m.rxSize { // a 1514-byte frame: no need for a jumbo buffer
 		e.buf, e.pool = m.getRx(), &m.rxPool
@@ -434,6 +438,19 @@ func (s *udpSession) pushFrame(frame []byte) bool {
 		return false
 	}
 	pt.l.pushed(len(frame))
+	s.m.count(udpPushed)
+	return true
+}
+
+// pushOffload is pushFrame for a super-frame (its virtio-net header
+// first). Unlike a small frame it goes even when it is not alone in the
+// reader's batch: a super-frame is a batch of its own.
+func (s *udpSession) pushOffload(msg []byte) bool {
+	pt := s.pushTo.Load()
+	if pt == nil || !pt.l.offload || !pt.p.PushOffload(msg, &s.pending) {
+		return false
+	}
+	pt.l.pushed(len(msg) - bridge.VnetHdrLen)
 	s.m.count(udpPushed)
 	return true
 }

@@ -88,6 +88,13 @@ func newUDPPair(t testing.TB, keyA, keyB Key, to ...netip.AddrPort) (*udpPair, e
 // dialAccept links dialer to acceptor; ctrl channels get control messages.
 func dialAccept(t testing.TB, dialer, acceptor *UDPMux, to []netip.AddrPort, name string, ctrlD, ctrlA chan string) (*Link, *Link, error) {
 	t.Helper()
+	return dialAcceptHellos(t, dialer, acceptor, to, Hello{Name: name, Role: "host", Link: "fast-" + name},
+		Hello{Name: "b", Role: "proxy"}, ctrlD, ctrlA)
+}
+
+// dialAcceptHellos is dialAccept with the two sides' hellos given.
+func dialAcceptHellos(t testing.TB, dialer, acceptor *UDPMux, to []netip.AddrPort, dh, ah Hello, ctrlD, ctrlA chan string) (*Link, *Link, error) {
+	t.Helper()
 	acc := make(chan *Link, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
@@ -97,14 +104,14 @@ func dialAccept(t testing.TB, dialer, acceptor *UDPMux, to []netip.AddrPort, nam
 			acc <- nil
 			return
 		}
-		l, _ := in.Accept(Hello{Name: "b", Role: "proxy"}, quietLog(), func(_ *Link, m []byte) {
+		l, _ := in.Accept(ah, quietLog(), func(_ *Link, m []byte) {
 			if ctrlA != nil {
 				ctrlA <- string(m)
 			}
 		})
 		acc <- l
 	}()
-	la, err := dialer.Dial(ctx, to, Hello{Name: name, Role: "host", Link: "fast-" + name}, quietLog(),
+	la, err := dialer.Dial(ctx, to, dh, quietLog(),
 		func(_ *Link, m []byte) {
 			if ctrlD != nil {
 				ctrlD <- string(m)
@@ -1137,4 +1144,58 @@ func TestUDPLinkPushPath(t *testing.T) {
 		t.Fatalf("link counted %d frames, %d bytes; want %d, %d", ps.RxFrames, p.la.RxBytes(), n, n*60)
 	}
 	t.Logf("%d of %d lone frames pushed", st["pushed"], n)
+}
+
+// A UDP link that carries super-frames pushes them to the switch even when
+// they do not come alone (each is many datagrams): every one arrives whole
+// and in order, and the mux counts them pushed.
+func TestUDPLinkPushesSuperFrames(t *testing.T) {
+	k, _ := GenerateKey()
+	a, b := listenUDPTest(t, k, nil), listenUDPTest(t, k, nil)
+	la, lb, err := dialAcceptHellos(t, a, b, []netip.AddrPort{apOf(b.Addr())},
+		Hello{Name: "a", Role: "host", Link: "fast-a", Offload: true}, Hello{Name: "b", Role: "host", Offload: true}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !la.Offloads() || !lb.Offloads() {
+		t.Fatal("a loopback link between two offering daemons carries no super-frames")
+	}
+	sw := bridge.New(bridge.Config{})
+	defer sw.Close()
+	vm := bridgetest.NewOffloadChanPort(64)
+	if err := sw.AddPort("link", bridge.RoleFast, la); err != nil {
+		t.Fatal(err)
+	}
+	if err := sw.AddPort("vm", bridge.RoleLocal, vm); err != nil {
+		t.Fatal(err)
+	}
+	src, dst := [6]byte{0x02, 0, 0, 0, 0, 1}, [6]byte{0x02, 0, 0, 0, 0, 2}
+	vm.Inject(append(make([]byte, bridge.VnetHdrLen), bridgetest.Frame(src, dst, make([]byte, 46))...)) // dst is on vm
+	const n = 40
+	var want uint64
+	for i := range n {
+		buf, _ := benchFrame(bridge.MaxFrame + 1000*i)
+		copy(buf[bridge.Headroom:], dst[:])
+		copy(buf[bridge.Headroom+6:], src[:])
+		binary.BigEndian.PutUint32(buf[bridge.Headroom+14:], uint32(i))
+		want += uint64(len(buf) - bridge.Headroom)
+		if _, err := lb.Write([][]byte{buf}, bridge.Headroom); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := vm.Expect(5 * time.Second)
+		if !ok {
+			t.Fatalf("super-frame %d never reached the VM port", i)
+		}
+		if !bytes.Equal(got, buf[bridge.Headroom-bridge.VnetHdrLen:]) {
+			t.Fatalf("super-frame %d arrived as %d bytes (number %d), not as sent (%d)", i, len(got),
+				binary.BigEndian.Uint32(got[bridge.VnetHdrLen+14:]), len(buf)-bridge.Headroom+bridge.VnetHdrLen)
+		}
+	}
+	if st := a.Stats(); st["pushed"] == 0 {
+		t.Fatalf("no super-frame took the push path: %v", st)
+	}
+	if ps, _ := sw.PortStats("link"); ps.RxFrames != n || la.RxBytes() != want {
+		t.Fatalf("link counted %d frames, %d bytes; want %d, %d", ps.RxFrames, la.RxBytes(), n, want)
+	}
+	t.Logf("%d of %d super-frames pushed", a.Stats()["pushed"], n)
 }
