@@ -46,11 +46,10 @@ type udpSession struct {
 	in     chan udpMsg
 	supers atomic.Int32 // super-frames in in
 	// The push path (bridge.PushPort): a frame that comes alone, or a
-	// super-frame, goes
-	// straight to the switch from the mux's reader while the link's reader
-	// waits with nothing queued. pending counts messages queued in in and
-	// not yet done with by the link's reader; popped, the reader's own
-	// count of those it took since it last waited.
+	// super-frame, goes straight to the switch from the mux's reader while
+	// the link's reader waits with nothing queued. pending counts messages
+	// queued in in and not yet done with by the link's reader; popped, the
+	// reader's own count of those it took since it last waited.
 	pushTo  atomic.Pointer[pushTarget]
 	pending atomic.Int32
 	popped  int32
