@@ -85,6 +85,7 @@ type Pusher struct {
 	mu    sync.Mutex
 	r     *reader // nil once the reader has stopped
 	views [][]byte
+	lent  *frame // the buffer between Lend and Forward or Unlend
 }
 
 // Release lets Push run while Read waits. Read's goroutine only.
@@ -120,20 +121,47 @@ func (p *Pusher) Push(frame []byte, pending *atomic.Int32) bool {
 // wake-up of the port's reader per 64 KB, which bulk TCP through a relay
 // pays at every hop (the proxy: +9 % through the star, bench/README).
 func (p *Pusher) PushOffload(msg []byte, pending *atomic.Int32) bool {
-	n := len(msg) - VnetHdrLen
-	if n < 0 || n > MaxSuperFrame || !p.mu.TryLock() {
+	buf := p.Lend(len(msg), pending)
+	if buf == nil {
 		return false
 	}
-	defer p.mu.Unlock()
+	p.Forward(copy(buf, msg))
+	return true
+}
+
+// Lend begins a push whose message (a virtio-net header and a frame, as
+// for PushOffload) the caller writes in place, such as a cipher opening
+// into it: it returns a buffer of n bytes, or nil where PushOffload would
+// refuse. After a buffer, the caller must call Forward or Unlend, soon
+// (the port's reader waits meanwhile), from the same goroutine.
+func (p *Pusher) Lend(n int, pending *atomic.Int32) []byte {
+	if n < VnetHdrLen || n-VnetHdrLen > MaxSuperFrame || !p.mu.TryLock() {
+		return nil
+	}
 	r := p.r
 	if r == nil || !r.in.offload || pending.Load() != 0 {
-		return false
+		p.mu.Unlock()
+		return nil
 	}
-	f := r.s.getFrame(n > MaxFrame) // a small frame leaves in a small buffer, as from Read
-	copy(f.buf[Headroom-VnetHdrLen:], msg)
-	f.n = n
+	p.lent = r.s.getFrame(n-VnetHdrLen > MaxFrame) // a small frame leaves in a small buffer, as from Read
+	return p.lent.buf[Headroom-VnetHdrLen : Headroom-VnetHdrLen+n]
+}
+
+// Forward forwards the first n bytes of the lent buffer (at most what
+// Lend gave) and ends the push.
+func (p *Pusher) Forward(n int) {
+	f := p.lent
+	p.lent = nil
+	f.n = n - VnetHdrLen
 	p.forward(f)
-	return true
+	p.mu.Unlock()
+}
+
+// Unlend ends a push without forwarding anything.
+func (p *Pusher) Unlend() {
+	p.r.s.putFrame(p.lent)
+	p.lent = nil
+	p.mu.Unlock()
 }
 
 // forward forwards f, a batch of one, from the port; the caller holds mu.
