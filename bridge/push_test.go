@@ -287,3 +287,77 @@ func TestPushOffloadRefused(t *testing.T) {
 		}
 	}
 }
+
+// sinkPort is an offloading quick port that counts what it is given.
+type sinkPort struct {
+	done   chan struct{}
+	frames atomic.Int64
+}
+
+func (p *sinkPort) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	<-p.done
+	return 0, net.ErrClosed
+}
+func (p *sinkPort) Write(bufs [][]byte, offset int) (int, error) {
+	p.frames.Add(int64(len(bufs)))
+	return len(bufs), nil
+}
+func (p *sinkPort) BatchSize() int    { return 8 }
+func (p *sinkPort) Close() error      { close(p.done); return nil }
+func (p *sinkPort) Offloads() bool    { return true }
+func (p *sinkPort) QuickWrites() bool { return true }
+
+// BenchmarkPushOffload: a 64 KB super-frame pushed from an offloading
+// port to an idle quick one, all on the caller's goroutine: copied in
+// (PushOffload) or written in place (Lend, as a cipher opening into it).
+func BenchmarkPushOffload(b *testing.B) {
+	for _, inPlace := range []bool{false, true} {
+		b.Run(map[bool]string{false: "copy", true: "lend"}[inPlace], func(b *testing.B) {
+			sw := bridge.New(bridge.Config{})
+			defer sw.Close()
+			in := newPushPort(1)
+			in.offload = true
+			out := &sinkPort{done: make(chan struct{})}
+			if err := sw.AddPort("in", bridge.RoleFast, in); err != nil {
+				b.Fatal(err)
+			}
+			if err := sw.AddPort("out", bridge.RoleLocal, out); err != nil {
+				b.Fatal(err)
+			}
+			src, dst := [6]byte{0x02, 0, 0, 0, 0, 1}, [6]byte{0x02, 0, 0, 0, 0, 2}
+			msg := withHdr(bridge.VnetHdr{GSOType: 1, GSOSize: 1448, HdrLen: 54},
+				bridgetest.Frame(dst, src, make([]byte, bridge.MaxSuperFrame-14)))
+			if err := sw.Announce("out", []bridge.MAC{dst}); err != nil {
+				b.Fatal(err)
+			}
+			for in.pusher.Load() == nil {
+				time.Sleep(time.Millisecond)
+			}
+			ps := in.pusher.Load()
+			var pending atomic.Int32
+			for !ps.PushOffload(msg, &pending) { // until the reader waits
+				time.Sleep(time.Millisecond)
+			}
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if !inPlace {
+					if !ps.PushOffload(msg, &pending) {
+						b.Fatal("refused")
+					}
+					continue
+				}
+				buf := ps.Lend(len(msg), &pending)
+				if buf == nil {
+					b.Fatal("refused")
+				}
+				copy(buf[:bridge.VnetHdrLen+14], msg) // the headers only: the rest stands for a cipher's output
+				ps.Forward(len(msg))
+			}
+			b.StopTimer()
+			if out.frames.Load() < int64(b.N) {
+				b.Fatalf("%d of %d super-frames written", out.frames.Load(), b.N)
+			}
+		})
+	}
+}
