@@ -117,9 +117,9 @@ func (p *Pusher) Push(frame []byte, pending *atomic.Int32) bool {
 
 // PushOffload is Push for an OffloadPort's frame: msg is the frame's
 // virtio-net header followed by the frame, a super-frame or not. A port
-// that does not offload refuses every one. Pushing super-frames saves the
-// wake-up of the port's reader per 64 KB, which bulk TCP through a relay
-// pays at every hop (the proxy: +9 % through the star, bench/README).
+// that does not offload refuses every one. Pushing super-frames saves a
+// wake-up of the port's reader per 64 KB at every hop that receives bulk
+// TCP over a datagram link (results/2026-12-08a-peers.*, bench/README).
 func (p *Pusher) PushOffload(msg []byte, pending *atomic.Int32) bool {
 	buf := p.Lend(len(msg), pending)
 	if buf == nil {

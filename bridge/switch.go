@@ -560,7 +560,7 @@ func (r *reader) forward(f *frame, now int64) bool {
 // path: two of them per hop and direction. So is a super-frame to a port
 // that takes it whole, lone or not: it is a batch of its own (64 KB, one
 // write), and bulk TCP, paced by its sender, would otherwise wake the
-// writer for each one (+9 % over a fast path, bench/README).
+// writer for each one.
 func (r *reader) send(p *portState, f *frame) {
 	if (r.lone || f.super() && p.offload) && p.quick && p.inflight.Load() == 0 && p.wmu.TryLock() {
 		if p.inflight.Load() == 0 && !p.removed.Load() {
