@@ -105,27 +105,35 @@ func (p *pushPort) Close() error {
 	return nil
 }
 
+// pushRig attaches in (a link, RoleFast) and out (a VM port) to a new
+// switch, closed when tb ends, and waits until in has its Pusher.
+func pushRig(tb testing.TB, in *pushPort, out bridge.Port) *bridge.Switch {
+	tb.Helper()
+	sw := bridge.New(bridge.Config{})
+	tb.Cleanup(sw.Close)
+	if err := sw.AddPort("in", bridge.RoleFast, in); err != nil {
+		tb.Fatal(err)
+	}
+	if err := sw.AddPort("out", bridge.RoleLocal, out); err != nil {
+		tb.Fatal(err)
+	}
+	for in.pusher.Load() == nil {
+		time.Sleep(time.Millisecond)
+	}
+	return sw
+}
+
 // TestPushPortKeepsOrder: frames of a PushPort arrive in the order they
 // were sent, whether pushed (lone, with the reader idle) or read (bursts,
 // or the reader still busy), none lost, and the push path was taken.
 func TestPushPortKeepsOrder(t *testing.T) {
 	const n = 5000
-	sw := bridge.New(bridge.Config{})
-	t.Cleanup(sw.Close)
 	in := newPushPort(n)
 	out := &quickPort{ChanPort: bridgetest.NewChanPort(n), slow: rand.New(rand.NewPCG(1, 2))}
-	if err := sw.AddPort("in", bridge.RoleFast, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := sw.AddPort("out", bridge.RoleLocal, out); err != nil {
-		t.Fatal(err)
-	}
+	sw := pushRig(t, in, out)
 	a, b := [6]byte{0x02, 0, 0, 0, 0, 1}, [6]byte{0x02, 0, 0, 0, 0, 2}
 	out.Inject(bridgetest.Frame(a, b, make([]byte, 46))) // learn b on out
 	waitFor(t, "b learned", func() bool { p, _ := sw.Where(b); return p == "out" })
-	for in.pusher.Load() == nil {
-		time.Sleep(time.Millisecond)
-	}
 	sendNumbered(n, b, a, in.Send)
 	expectInOrder(t, out.ChanPort, n)
 	if in.pushed.Load() == 0 || in.pushed.Load() == n {
@@ -140,23 +148,13 @@ func TestPushPortKeepsOrder(t *testing.T) {
 // read, and written by the reader itself or by the port's writer.
 func TestPushOffloadKeepsOrder(t *testing.T) {
 	const n = 1500
-	sw := bridge.New(bridge.Config{})
-	t.Cleanup(sw.Close)
 	in := newPushPort(n)
 	in.offload = true
 	out := &quickPort{ChanPort: bridgetest.NewOffloadChanPort(n), slow: rand.New(rand.NewPCG(5, 6))}
-	if err := sw.AddPort("in", bridge.RoleFast, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := sw.AddPort("out", bridge.RoleLocal, out); err != nil {
-		t.Fatal(err)
-	}
+	sw := pushRig(t, in, out)
 	a, b := [6]byte{0x02, 0, 0, 0, 0, 1}, [6]byte{0x02, 0, 0, 0, 0, 2}
 	out.Inject(withHdr(bridge.VnetHdr{}, bridgetest.Frame(a, b, make([]byte, 46)))) // learn b on out
 	waitFor(t, "b learned", func() bool { p, _ := sw.Where(b); return p == "out" })
-	for in.pusher.Load() == nil {
-		time.Sleep(time.Millisecond)
-	}
 	sent := make([][]byte, 0, n)
 	supers := 0
 	sendNumberedWith(n, func(i int) []byte {
@@ -228,20 +226,10 @@ func TestPushOffloadRefused(t *testing.T) {
 	a, b := [6]byte{0x02, 0, 0, 0, 0, 1}, [6]byte{0x02, 0, 0, 0, 0, 2}
 	super := numberedOffload(b, a, 1)
 	for _, offload := range []bool{false, true} {
-		sw := bridge.New(bridge.Config{})
-		t.Cleanup(sw.Close)
 		in := newPushPort(4)
 		in.offload = offload
 		out := bridgetest.NewOffloadChanPort(16)
-		if err := sw.AddPort("in", bridge.RoleFast, in); err != nil {
-			t.Fatal(err)
-		}
-		if err := sw.AddPort("out", bridge.RoleLocal, out); err != nil {
-			t.Fatal(err)
-		}
-		for in.pusher.Load() == nil {
-			time.Sleep(time.Millisecond)
-		}
+		pushRig(t, in, out)
 		ps := in.pusher.Load()
 		var pending atomic.Int32
 		good := func() bool { return ps.Push(bridgetest.Frame(b, a, make([]byte, 46)), &pending) }
@@ -313,25 +301,15 @@ func (p *sinkPort) QuickWrites() bool { return true }
 func BenchmarkPushOffload(b *testing.B) {
 	for _, inPlace := range []bool{false, true} {
 		b.Run(map[bool]string{false: "copy", true: "lend"}[inPlace], func(b *testing.B) {
-			sw := bridge.New(bridge.Config{})
-			defer sw.Close()
 			in := newPushPort(1)
 			in.offload = true
 			out := &sinkPort{done: make(chan struct{})}
-			if err := sw.AddPort("in", bridge.RoleFast, in); err != nil {
-				b.Fatal(err)
-			}
-			if err := sw.AddPort("out", bridge.RoleLocal, out); err != nil {
-				b.Fatal(err)
-			}
+			sw := pushRig(b, in, out)
 			src, dst := [6]byte{0x02, 0, 0, 0, 0, 1}, [6]byte{0x02, 0, 0, 0, 0, 2}
 			msg := withHdr(bridge.VnetHdr{GSOType: 1, GSOSize: 1448, HdrLen: 54},
 				bridgetest.Frame(dst, src, make([]byte, bridge.MaxSuperFrame-14)))
 			if err := sw.Announce("out", []bridge.MAC{dst}); err != nil {
 				b.Fatal(err)
-			}
-			for in.pusher.Load() == nil {
-				time.Sleep(time.Millisecond)
 			}
 			ps := in.pusher.Load()
 			var pending atomic.Int32

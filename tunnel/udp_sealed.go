@@ -151,8 +151,7 @@ func (m *UDPMux) handleSealed(b []byte, from netip.AddrPort, now int64) {
 			m.count(udpBadMessage)
 		case lent != nil:
 			lent.p.Forward(len(pt))
-			lent.l.pushed(len(pt) - bridge.VnetHdrLen)
-			m.count(udpPushed)
+			s.pushed(lent, len(pt)-bridge.VnetHdrLen)
 			return
 		default:
 			m.queueReassembled(s, s.sealedReasm, typ, pt)

@@ -436,9 +436,14 @@ func (s *udpSession) pushFrame(frame []byte) bool {
 	if pt == nil || !pt.p.Push(frame, &s.pending) {
 		return false
 	}
-	pt.l.pushed(len(frame))
-	s.m.count(udpPushed)
+	s.pushed(pt, len(frame))
 	return true
+}
+
+// pushed counts a frame of n bytes that went to the switch by pt.
+func (s *udpSession) pushed(pt *pushTarget, n int) {
+	pt.l.pushed(n)
+	s.m.count(udpPushed)
 }
 
 // pushOffload is pushFrame for a super-frame (its virtio-net header
@@ -449,8 +454,7 @@ func (s *udpSession) pushOffload(msg []byte) bool {
 	if pt == nil || !pt.l.offload || !pt.p.PushOffload(msg, &s.pending) {
 		return false
 	}
-	pt.l.pushed(len(msg) - bridge.VnetHdrLen)
-	s.m.count(udpPushed)
+	s.pushed(pt, len(msg)-bridge.VnetHdrLen)
 	return true
 }
 
