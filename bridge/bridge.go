@@ -85,6 +85,10 @@ type frame struct {
 	buf  []byte
 	n    int
 	from *portState // the port it came in on (nil for frames the switch made)
+	// unsealer is set while the payload is still sealed end to end
+	// (sealed.go); meta goes with it.
+	unsealer Unsealer
+	meta     [SealMetaLen]byte
 }
 
 func (f *frame) data() []byte { return f.buf[Headroom : Headroom+f.n] }

@@ -28,7 +28,7 @@ const (
 	// a 64 KB IP packet behind an Ethernet header and one VLAN tag.
 	MaxSuperFrame = 65535 + 18
 	// SuperBufSize is the size of a pooled buffer for super-frames.
-	SuperBufSize = Headroom + MaxSuperFrame
+	SuperBufSize = Headroom + MaxSuperFrame + SealOverhead
 
 	vnetHdrLen    = 10 // struct virtio_net_hdr
 	vnetNeedCsum  = 1  // VIRTIO_NET_HDR_F_NEEDS_CSUM

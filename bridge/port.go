@@ -121,6 +121,9 @@ func (p *Pusher) Push(frame []byte, pending *atomic.Int32) bool {
 // wake-up of the port's reader per 64 KB at every hop that receives bulk
 // TCP over a datagram link (results/2026-12-08a-peers.*, bench/README).
 func (p *Pusher) PushOffload(msg []byte, pending *atomic.Int32) bool {
+	if len(msg)-VnetHdrLen > MaxSuperFrame {
+		return false
+	}
 	buf := p.Lend(len(msg), pending)
 	if buf == nil {
 		return false
@@ -132,10 +135,11 @@ func (p *Pusher) PushOffload(msg []byte, pending *atomic.Int32) bool {
 // Lend begins a push whose message (a virtio-net header and a frame, as
 // for PushOffload) the caller writes in place, such as a cipher opening
 // into it: it returns a buffer of n bytes, or nil where PushOffload would
-// refuse. After a buffer, the caller must call Forward or Unlend, soon
-// (the port's reader waits meanwhile), from the same goroutine.
+// refuse (but n may be SealOverhead longer, for ForwardSealed). After a
+// buffer, the caller must call Forward or Unlend, soon (the port's reader
+// waits meanwhile), from the same goroutine.
 func (p *Pusher) Lend(n int, pending *atomic.Int32) []byte {
-	if n < VnetHdrLen || n-VnetHdrLen > MaxSuperFrame || !p.mu.TryLock() {
+	if n < VnetHdrLen || n-VnetHdrLen > MaxSuperFrame+SealOverhead || !p.mu.TryLock() {
 		return nil
 	}
 	r := p.r

@@ -33,11 +33,12 @@ const (
 	DropLooped                // ingress: from a link, with the source address of a VM on a local port here (a forwarding loop)
 	DropTooBig                // egress: larger than the port carries whole (LimitPort; mtu.go)
 	DropBroadcastLimit        // ingress: a VM port's broadcast and multicast frames beyond Config.BroadcastRate
+	DropBadSeal               // ingress: a frame sealed end to end (sealed.go) that did not open
 	numDropReasons
 )
 
 // DropReasonNames names the drop reasons, for logs, the API and metrics.
-var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload", "looped", "too-big", "broadcast-limit"}
+var DropReasonNames = [numDropReasons]string{"runt", "bad-source", "no-route", "queue-full", "write-error", "denied", "bad-offload", "looped", "too-big", "broadcast-limit", "bad-seal"}
 
 // maxSuperQueued bounds the super-frames waiting in one port's queue (up to
 // 64 KB each: QueueLen of them would be 64 MB).
@@ -68,6 +69,7 @@ type portState struct {
 	// directly only when it is zero, so no frame overtakes one queued
 	// before it.
 	quick    bool // the port is a QuickPort that QuickWrites
+	sealed   bool // the port is a SealedPort that TakesSealed (and offloads)
 	wmu      sync.Mutex
 	w        *writer
 	inflight atomic.Int32
@@ -166,7 +168,7 @@ func (s *Switch) getFrame(super bool) *frame {
 }
 
 func (s *Switch) putFrame(f *frame) {
-	f.n, f.from = 0, nil
+	f.n, f.from, f.unsealer = 0, nil, nil
 	if f.super() {
 		s.superPool.Put(f)
 	} else {
@@ -198,6 +200,9 @@ func (s *Switch) AddPort(name string, role Role, p Port) error {
 	}
 	if qp, ok := p.(QuickPort); ok && qp.QuickWrites() {
 		ps.quick = true
+	}
+	if sp, ok := p.(SealedPort); ok && ps.offload && sp.TakesSealed() {
+		ps.sealed = true
 	}
 	ps.w = newWriter(s, ps)
 	s.publishLocked(old, ps, "")
@@ -505,7 +510,15 @@ func (r *reader) forward(f *frame, now int64) bool {
 	set := s.ports.Load()
 	outs := r.outs[:0]
 	matched := false
-	if rs := s.rules.Load(); len(rs.rules) > 0 {
+	rs := s.rules.Load()
+	if f.unsealer != nil && len(rs.filt) > 0 {
+		if !f.unseal() {
+			in.c.drops[DropBadSeal].Add(1)
+			return false
+		}
+		n = f.n
+	}
+	if len(rs.rules) > 0 {
 		var act ruleAction
 		outs, act = r.ruleOutputs(rs, set, src, dst, d[:n], outs)
 		if act == actDeny {
@@ -541,11 +554,23 @@ func (r *reader) forward(f *frame, now int64) bool {
 		in.c.drops[DropNoRoute].Add(1)
 		return false
 	}
+	if f.unsealer != nil {
+		for _, p := range outs {
+			if !p.sealed {
+				if !f.unseal() {
+					in.c.drops[DropBadSeal].Add(1)
+					return false
+				}
+				n = f.n
+				break
+			}
+		}
+	}
 	// Every output but the first gets its own copy: one owner per buffer,
 	// since a link may write its header into the headroom in place.
 	for _, p := range outs[1:] {
 		c := s.getFrame(f.super())
-		c.n, c.from = n, in
+		c.n, c.from, c.unsealer, c.meta = n, in, f.unsealer, f.meta
 		copy(c.buf[Headroom-VnetHdrLen:], f.buf[Headroom-VnetHdrLen:Headroom+n])
 		r.send(p, c)
 	}
@@ -765,6 +790,9 @@ func (w *writer) flush() {
 	}
 	p := w.p
 	for i, f := range w.batch {
+		if p.sealed {
+			f.markSealed()
+		}
 		w.bufs[i] = f.buf[:Headroom+f.n]
 	}
 	n, err := p.port.Write(w.bufs[:len(w.batch)], Headroom)

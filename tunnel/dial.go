@@ -60,6 +60,9 @@ type Hello struct {
 	// Sealed: the sender opens messages sealed whole on a UDP link
 	// (udp_sealed.go), so a message of several datagrams may go that way.
 	Sealed bool `json:"sealed,omitempty"`
+	// Relay: the sender relays super-frames sealed end to end on a UDP
+	// link between a host and a proxy (udp_relay.go).
+	Relay bool `json:"relay,omitempty"`
 }
 
 func writeHello(bw *bufio.Writer, h Hello) error {

@@ -74,6 +74,7 @@ type Link struct {
 var (
 	_ bridge.OffloadPort = (*Link)(nil)
 	_ bridge.LimitPort   = (*Link)(nil)
+	_ bridge.SealedPort  = (*Link)(nil)
 )
 
 func newLink(t transport, me, peer Hello, log *slog.Logger, h ControlHandler) *Link {
@@ -84,6 +85,9 @@ func newLink(t transport, me, peer Hello, log *slog.Logger, h ControlHandler) *L
 	}
 	if st, ok := t.(sealingTransport); ok && peer.Sealed {
 		st.sealWhole()
+	}
+	if rt, ok := t.(relayTransport); ok && l.offload && peer.Relay && peer.Sealed {
+		rt.relayWith(me, peer)
 	}
 	l.keepalive, l.deadAfter, l.busyDeadAfter, l.writeTimeout = KeepaliveInterval, DeadAfter, BusyDeadAfter, WriteTimeout
 	go l.routineKeepalive()
@@ -124,6 +128,13 @@ func (l *Link) TransportStats() map[string]uint64 {
 		out["offload-refused"] = n
 	}
 	return out
+}
+
+// TakesSealed implements bridge.SealedPort: a proxy's UDP link to a host
+// passes super-frames on as their sender sealed them (udp_relay.go).
+func (l *Link) TakesSealed() bool {
+	rt, ok := l.t.(relayTransport)
+	return ok && rt.takesSealed()
 }
 
 // Offloads implements bridge.OffloadPort: super-frames cross this link

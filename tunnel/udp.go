@@ -142,8 +142,8 @@ const (
 	udpReassemblyPending = 16
 	udpReassemblyMax     = bridge.VnetHdrLen + bridge.MaxSuperFrame
 	// udpReassemblyBuf holds the largest message, or its ciphertext when
-	// it was sealed whole (udp_sealed.go).
-	udpReassemblyBuf  = udpReassemblyMax + udpTagLen
+	// it was sealed whole (udp_sealed.go) or relayed (udp_relay.go).
+	udpReassemblyBuf  = udpReassemblyMax + udpRelayOverhead
 	udpMaxSuperQueued = 32 // super-frames among the udpQueueLen (64 KB each)
 	// udpSocketBuffer: a link delivers a batch of 64 frames (128 datagrams)
 	// at once, several links may burst together, and the reader decrypts
@@ -179,6 +179,8 @@ const (
 	udpRxDatagrams
 	udpTxDatagrams
 	udpPushed
+	udpRelayed
+	udpBadRelay
 	udpNumCounters
 )
 
@@ -205,7 +207,9 @@ var udpCounterNames = [udpNumCounters]string{
 	udpRoam:            "roam",             // a session's peer changed address
 	udpRxDatagrams:     "rx-datagrams",
 	udpTxDatagrams:     "tx-datagrams",
-	udpPushed:          "pushed", // frames the reader handed to the switch itself (lone or super, link idle)
+	udpPushed:          "pushed",    // frames the reader handed to the switch itself (lone or super, link idle)
+	udpRelayed:         "relayed",   // super-frames passed to the switch still sealed by their sender (udp_relay.go)
+	udpBadRelay:        "bad-relay", // relayed payload failed authentication under its sender's key
 }
 
 // udpIO is the socket under a mux (udp_linux.go, udp_other.go; a fake in
@@ -251,6 +255,7 @@ type UDPMux struct {
 	maxPayload int  // MaxUDPPayload at creation, or from UDPOptions.UnderlayMTU
 	noFrag     bool // UDPOptions.NoFragment
 	sealedOff  bool // tests: offer no messages sealed whole, as a daemon from before them
+	relayOff   bool // tests: offer no relayed messages, as a daemon from before them
 	chunkMax   int  // message bytes per transport datagram
 	maxControl int  // largest control message
 	rxSize     int  // receive buffer size: datagrams of rxSize-1 bytes at most
@@ -647,6 +652,8 @@ func (m *UDPMux) receive(slot **udpBuf, view []byte, n int, from netip.AddrPort,
 		m.handleData(slot, b, from, now)
 	case udpMsgSealed:
 		m.handleSealed(b, from, now)
+	case udpMsgRelayed:
+		m.handleRelayed(b, from, now)
 	case udpMsgInit:
 		m.handleInit(b, from)
 	case udpMsgResponse:

@@ -139,6 +139,7 @@ func (m *UDPMux) newDial(hello Hello) (*udpDial, error) {
 	hello.Version = WireVersion
 	hello.Offload = hello.Offload && !m.noFrag // a super-frame would be split
 	hello.Sealed = !m.sealedOff
+	hello.Relay = m.relayFits()
 	js, err := json.Marshal(hello)
 	if err != nil {
 		return nil, err
@@ -551,6 +552,7 @@ func (m *UDPMux) answer(p *udpPending, h Hello) (transport, error) {
 	h.Version = WireVersion
 	h.Offload = h.Offload && !m.noFrag // a super-frame would be split
 	h.Sealed = !m.sealedOff
+	h.Relay = m.relayFits()
 	js, err := json.Marshal(h)
 	if err != nil {
 		return nil, err

@@ -154,7 +154,7 @@ func (m *UDPMux) handleSealed(b []byte, from netip.AddrPort, now int64) {
 			s.pushed(lent, len(pt)-bridge.VnetHdrLen)
 			return
 		default:
-			m.queueReassembled(s, s.sealedReasm, typ, pt)
+			m.queueReassembled(s, s.sealedReasm, typ, pt, 0)
 		}
 	}
 	if lent != nil {

@@ -36,6 +36,16 @@ type udpSession struct {
 	reasmExpire  uint64       // the two reassemblers' Expired, last counted
 	sealedChunks uint64       // sealedReasm.ExpiredChunks, last counted
 	rxFrom       netip.AddrPort
+	// relayed messages (udp_relay.go): the peer's relay key and its
+	// cipher (a proxy's link to a host), the ciphers of the keys a proxy
+	// sent (a host's link to it), and nonce scratch
+	rxRelayed    atomic.Bool // type 6 is taken on this session
+	relaying     atomic.Bool // a proxy's link to a host: super-frames pass on sealed
+	rxRelayKey   [32]byte
+	rxRelayAEAD  cipher.AEAD
+	relayCiphers map[[32]byte]cipher.AEAD
+	relayNonce   [12]byte
+	unsealNonce  [12]byte
 
 	peer      atomic.Pointer[netip.AddrPort] // where we send: the latest authenticated source
 	confirmed atomic.Bool                    // an authenticated datagram arrived
@@ -61,13 +71,16 @@ type udpSession struct {
 
 	tx struct {
 		sync.Mutex
-		aead    cipher.AEAD
-		nonce   [12]byte
-		counter uint64
-		fragID  uint16
-		whole   bool        // the peer opens messages sealed whole (Hello.Sealed)
-		dest    udpDest     // the peer's address as the socket wants it
-		batch   *udpTxBatch // from the mux's pool during a write
+		aead       cipher.AEAD
+		nonce      [12]byte
+		counter    uint64
+		fragID     uint16
+		whole      bool // the peer opens messages sealed whole (Hello.Sealed)
+		relay      bool // super-frames go relayed, sealed with relayAEAD (a host's link to a proxy)
+		relayAEAD  cipher.AEAD
+		relayNonce [12]byte
+		dest       udpDest     // the peer's address as the socket wants it
+		batch      *udpTxBatch // from the mux's pool during a write
 	}
 }
 
@@ -186,6 +199,9 @@ func (m *UDPMux) addSession(local, remote uint32, peer netip.AddrPort, txKey, rx
 		sealedReasm: NewReassembler(udpReassemblyPending, udpReassemblyBuf, int64(UDPReassemblyTimeout)),
 		in:          make(chan udpMsg, udpQueueLen), done: make(chan struct{}), rxFrom: peer}
 	s.tx.aead = newAEAD(txKey)
+	s.tx.relayAEAD = newAEAD(relayKey(txKey))
+	s.rxRelayKey = relayKey(rxKey)
+	s.rxRelayAEAD = newAEAD(s.rxRelayKey)
 	s.peer.Store(&peer)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -293,7 +309,7 @@ func (m *UDPMux) handleData(slot **udpBuf, b []byte, from netip.AddrPort, now in
 		m.count(udpBadMessage)
 		return
 	}
-	m.queueReassembled(s, s.reasm, typ, msg)
+	m.queueReassembled(s, s.reasm, typ, msg, 0)
 }
 
 // reassemble adds a chunk to r (one of s's reassemblers) and returns the
@@ -349,8 +365,9 @@ func (m *UDPMux) countExpired(s *udpSession) {
 }
 
 // queueReassembled queues msg, a whole message that r has just returned
-// (it lies in r's memory until r's next Add), for the link's reader.
-func (m *UDPMux) queueReassembled(s *udpSession, r *Reassembler, typ byte, msg []byte) {
+// (it lies in r's memory until r's next Add, off bytes into it), for the
+// link's reader.
+func (m *UDPMux) queueReassembled(s *udpSession, r *Reassembler, typ byte, msg []byte, off int) {
 	if typ == MsgFrameGSO && s.pushOffload(msg) {
 		return
 	}
@@ -367,7 +384,7 @@ func (m *UDPMux) queueReassembled(s *udpSession, r *Reassembler, typ byte, msg [
 			// The reassembler keeps the pool's buffer and the message
 			// leaves in its slab, uncopied: 64 KB less to move per
 			// super-frame, at every receiving end (the proxy's too).
-			e.buf.b, e.data = slab[:len(e.buf.b)], slab[:len(msg)]
+			e.buf.b, e.data = slab[:len(e.buf.b)], slab[off:off+len(msg)]
 		} else {
 			e.data = e.buf.b[:copy(e.buf.b, msg)]
 		}
@@ -586,6 +603,17 @@ func (s *udpSession) writeFrames(bufs [][]byte, offset int, super bool) error {
 	s.beginTxLocked()
 	defer s.endTxLocked()
 	for _, b := range bufs {
+		if super && s.relaying.Load() {
+			if meta, ok := sealedMeta(b, offset); ok {
+				// Sealed by the host it came from: passed on as it is.
+				if len(b)-offset > udpReassemblyMax+udpTagLen-bridge.VnetHdrLen {
+					s.m.count(udpTooBig)
+					continue
+				}
+				s.appendRelayLocked(b[offset-bridge.VnetHdrLen:], binary.BigEndian.Uint64(meta[:8]), (*[32]byte)(meta[8:40]))
+				continue
+			}
+		}
 		typ, start := frameType(b, offset, super)
 		limit := bridge.MaxFrame
 		if typ == MsgFrameGSO {
@@ -619,7 +647,9 @@ func (s *udpSession) appendFrameLocked(typ byte, b []byte, offset int) {
 	n := len(b) - offset
 	count := FragmentCount(n, chunkMax)
 	if count > 1 && s.tx.whole {
-		s.appendWholeLocked(typ, b[offset:])
+		if typ != MsgFrameGSO || !s.tx.relay || !s.appendRelayLocked(b[offset:], 0, nil) {
+			s.appendWholeLocked(typ, b[offset:])
+		}
 		return
 	}
 	var id uint16
