@@ -151,6 +151,7 @@ func FuzzUDPDatagram(f *testing.F) {
 	sa.writeFrames([][]byte{make([]byte, bridge.Headroom+3000)}, bridge.Headroom, false)
 	sa.sealWhole()
 	sa.writeFrames([][]byte{make([]byte, bridge.Headroom+3000)}, bridge.Headroom, false)
+	relayMsg(sa, make([]byte, 3000), nil)
 	for _, d := range a.io.(*memIO).take() {
 		f.Add(d)
 	}
@@ -211,6 +212,24 @@ func FuzzUDPDatagram(f *testing.F) {
 				feedView(b, d, fuzzFromA)
 			}
 		}
+		if len(data) > udpSealedHeaderLen {
+			// The rest as a relayed super-frame to a proxy (sb), sealed
+			// by a host (sa) or passed on as it is, fed as above.
+			sb.relaying.Store(true)
+			sb.rxRelayed.Store(true)
+			var key *[32]byte
+			if data[udpSealedHeaderType]&1 != 0 {
+				key = new([32]byte)
+			}
+			relayMsg(sa, data[udpSealedHeaderLen:], key)
+			ds := a.io.(*memIO).take()
+			for i, d := range ds {
+				if i == int(data[udpSealedHeaderIndex])%len(ds) {
+					feed(b, d, fuzzFromA)
+				}
+				feedView(b, d, fuzzFromA)
+			}
+		}
 		if b.sessionCount() != 1 || b.pendingCount() > 1 {
 			t.Fatalf("%d sessions, %d pending", b.sessionCount(), b.pendingCount())
 		}
@@ -222,6 +241,17 @@ func FuzzUDPDatagram(f *testing.F) {
 		}
 		checkQueue(t, b, sb)
 	})
+}
+
+// relayMsg sends msg (a virtio-net header and a frame) from s as a relayed
+// message: sealed by s (key nil) or passed on sealed under key.
+func relayMsg(s *udpSession, msg []byte, key *[32]byte) {
+	s.tx.Lock()
+	defer s.tx.Unlock()
+	s.beginTxLocked()
+	defer s.endTxLocked()
+	s.appendRelayLocked(msg, 7, key)
+	s.flushLocked()
 }
 
 // FuzzUDPHandshake hands arbitrary message-1 bytes to the responder: only
