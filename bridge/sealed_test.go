@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"vnet/bridge"
 	"vnet/bridge/bridgetest"
 )
@@ -158,5 +160,14 @@ func TestForwardSealed(t *testing.T) {
 	case f := <-plain.Out:
 		t.Fatalf("the forged frame reached a port: %d bytes", len(f))
 	default:
+	}
+
+	// A shaped port (vnet demo's star links) relays sealed frames if the
+	// port it shapes does, and only then.
+	for _, p := range []*sealedChanPort{relay, plain} {
+		sp, ok := bridge.Shape(p, rate.NewLimiter(rate.Inf, 1)).(bridge.SealedPort)
+		if !ok || sp.TakesSealed() != p.takes {
+			t.Fatalf("shaped port: a SealedPort %v, takes sealed frames %v; want %v", ok, ok && sp.TakesSealed(), p.takes)
+		}
 	}
 }

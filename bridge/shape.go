@@ -25,6 +25,13 @@ func (s *shapedPort) Offloads() bool {
 	return ok && op.Offloads()
 }
 
+// TakesSealed passes the shaped port's own on: it writes what it is
+// given, sealed or not.
+func (s *shapedPort) TakesSealed() bool {
+	sp, ok := s.Port.(SealedPort)
+	return ok && sp.TakesSealed()
+}
+
 func (s *shapedPort) Write(bufs [][]byte, offset int) (int, error) {
 	n := 0
 	for _, b := range bufs {

@@ -169,6 +169,7 @@ func (s *Switch) getFrame(super bool) *frame {
 
 func (s *Switch) putFrame(f *frame) {
 	f.n, f.from, f.unsealer = 0, nil, nil
+	f.buf[SealMetaOffset-1] = 0 // no stale seal marker for the buffer's next owner
 	if f.super() {
 		s.superPool.Put(f)
 	} else {

@@ -97,8 +97,17 @@ func (s *udpSession) relayWith(me, peer Hello) {
 }
 
 // takesSealed reports whether the session passes sealed super-frames on
-// (a proxy's link to a host that opens them).
-func (s *udpSession) takesSealed() bool { return s.relaying.Load() }
+// (a proxy's link to a host that opens them). Only once the switch has
+// asked (and so marks every frame it writes, sealed or not: SealedPort)
+// does writeFrames look for seal markers; a port that wraps the link
+// and does not pass the question on never turns them on.
+func (s *udpSession) takesSealed() bool {
+	if !s.relaying.Load() {
+		return false
+	}
+	s.sealedOut.Store(true)
+	return true
+}
 
 // relayFits reports whether the largest relayed super-frame fits
 // MaxFragments datagrams.

@@ -41,6 +41,7 @@ type udpSession struct {
 	// sent (a host's link to it), and nonce scratch
 	rxRelayed    atomic.Bool // type 6 is taken on this session
 	relaying     atomic.Bool // a proxy's link to a host: super-frames pass on sealed
+	sealedOut    atomic.Bool // the switch marks what it writes here (takesSealed)
 	rxRelayKey   [32]byte
 	rxRelayAEAD  cipher.AEAD
 	relayCiphers map[[32]byte]cipher.AEAD
@@ -603,7 +604,7 @@ func (s *udpSession) writeFrames(bufs [][]byte, offset int, super bool) error {
 	s.beginTxLocked()
 	defer s.endTxLocked()
 	for _, b := range bufs {
-		if super && s.relaying.Load() {
+		if super && s.sealedOut.Load() {
 			if meta, ok := sealedMeta(b, offset); ok {
 				// Sealed by the host it came from: passed on as it is.
 				if len(b)-offset > udpReassemblyMax+udpTagLen-bridge.VnetHdrLen {
