@@ -92,9 +92,10 @@ func TestForwardSealed(t *testing.T) {
 	})
 
 	var x xorSeal
+	payload := 3000
 	push := func(dst [6]byte, meta [bridge.SealMetaLen]byte, corrupt bool) []byte {
 		t.Helper()
-		msg := append(bytes.Clone(hdr), bridgetest.Frame(dst, src, bytes.Repeat([]byte{0xab}, 3000))...)
+		msg := append(bytes.Clone(hdr), bridgetest.Frame(dst, src, bytes.Repeat([]byte{0xab}, payload))...)
 		sealed := x.seal(&meta, msg)
 		if corrupt {
 			sealed[len(sealed)-1] ^= 1
@@ -161,6 +162,14 @@ func TestForwardSealed(t *testing.T) {
 		t.Fatalf("the forged frame reached a port: %d bytes", len(f))
 	default:
 	}
+
+	// A jumbo frame whose checksum is left to do, as large as a plain frame
+	// may be: its header is checked against its length once open.
+	payload = bridge.MaxFrame - bridge.MinFrame
+	hdr = make([]byte, bridge.VnetHdrLen)
+	bridge.VnetHdr{Flags: 1, CsumStart: 34, CsumOffset: 16}.Put(hdr)
+	msg = push(onRelay, meta, false)
+	expect(relay, x.seal(&meta, msg), bridge.SealMarker, &meta)
 
 	// A shaped port (vnet demo's star links) relays sealed frames if the
 	// port it shapes does, and only then.

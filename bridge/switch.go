@@ -482,7 +482,11 @@ func (r *reader) forward(f *frame, now int64) bool {
 		in.c.drops[DropRunt].Add(1)
 		return false
 	}
-	if in.offload && (n > MaxFrame || !IsPlainHdr(f.slot())) && !ValidVnetHdr(ParseVnetHdr(f.slot()), n) {
+	plain := n // the frame's length once open
+	if f.unsealer != nil {
+		plain -= SealOverhead
+	}
+	if in.offload && (plain > MaxFrame || !IsPlainHdr(f.slot())) && !ValidVnetHdr(ParseVnetHdr(f.slot()), plain) {
 		in.c.drops[DropBadOffload].Add(1)
 		return false
 	}
