@@ -190,28 +190,11 @@ func sealedMeta(b []byte, offset int) (*[bridge.SealMetaLen]byte, bool) {
 // sealed when the push path is free, and opens it otherwise; a host opens
 // it, into the switch's buffer when it can.
 func (m *UDPMux) handleRelayed(b []byte, from netip.AddrPort, now int64) {
-	if len(b) <= udpSealedHeaderLen {
-		m.count(udpTruncated)
-		return
-	}
-	s := m.receiver(b)
-	if s == nil {
-		return
-	}
-	ctr := binary.BigEndian.Uint64(b[5:13])
-	typ, count, index := b[udpSealedHeaderType], b[udpSealedHeaderCount], b[udpSealedHeaderIndex]
-	if !s.rxRelayed.Load() || typ != MsgFrameGSO || count == 0 || count > MaxFragments || index >= count {
-		m.count(udpBadMessage)
-		return
-	}
-	if !s.replay.fresh(ctr) {
-		m.count(udpReplay)
-		return
-	}
-	msg := m.reassemble(s, s.sealedReasm, udpMsgRelayed, ctr, index, count, b[udpSealedHeaderLen:], now)
+	s, msg := m.gatherWhole(b, udpMsgRelayed, now, relayedTaken)
 	if msg == nil {
 		return
 	}
+	ctr, count := binary.BigEndian.Uint64(b[5:13]), b[udpSealedHeaderCount]
 	if len(msg) < udpRelayHopLen+udpTagLen {
 		m.count(udpBadMessage)
 		return
@@ -275,6 +258,9 @@ func (m *UDPMux) handleRelayed(b []byte, from netip.AddrPort, now int64) {
 	}
 	m.queueReassembled(s, s.sealedReasm, MsgFrameGSO, plain[:n], udpRelayHopLen-udpRelayAADLen)
 }
+
+// relayedTaken reports whether s takes relayed messages of inner type typ.
+func relayedTaken(s *udpSession, typ byte) bool { return s.rxRelayed.Load() && typ == MsgFrameGSO }
 
 // relayCipher is the AEAD for a relay key the proxy sent, from a small
 // cache (keys are few: one per host whose frames reach us). The mux's

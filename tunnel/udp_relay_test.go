@@ -83,7 +83,7 @@ func (g *relayRig) superFrame(i int, to [6]byte) []byte {
 	return buf
 }
 
-// expect waits for buf (super-frame i, with its header) at p.
+// expectSuper waits for buf (super-frame i, its header with it) at p.
 func expectSuper(t *testing.T, p *bridgetest.ChanPort, buf []byte, i int) {
 	t.Helper()
 	got, ok := p.Expect(5 * time.Second)
@@ -134,7 +134,6 @@ func TestUDPRelaySealedThroughProxy(t *testing.T) {
 	}
 	g.r.mu.Unlock()
 	superFrame, dst := g.superFrame, g.dst
-	expect := func(p *bridgetest.ChanPort, buf []byte, i int) { t.Helper(); expectSuper(t, p, buf, i) }
 	const n = 40
 	for i := range n + 2 {
 		buf := superFrame(i, dst)
@@ -155,7 +154,7 @@ func TestUDPRelaySealedThroughProxy(t *testing.T) {
 		case n/2 + 1:
 			waitFor(t, "the forged hop part counted at the proxy", func() bool { return px.Stats()["bad-mac"] == 1 })
 		default:
-			expect(vm, buf, i)
+			expectSuper(t, vm, buf, i)
 		}
 	}
 	if st := px.Stats(); st["relayed"] < n/2 || st["bad-relay"] != 0 {
@@ -172,8 +171,8 @@ func TestUDPRelaySealedThroughProxy(t *testing.T) {
 	if _, err := la.Write([][]byte{buf}, bridge.Headroom); err != nil {
 		t.Fatal(err)
 	}
-	expect(lan, buf, n+2)
-	expect(vm, buf, n+2)
+	expectSuper(t, lan, buf, n+2)
+	expectSuper(t, vm, buf, n+2)
 	t.Logf("proxy: %d of the %d super-frames with a good hop part relayed sealed", px.Stats()["relayed"], n+2)
 }
 

@@ -98,32 +98,49 @@ func (s *udpSession) appendWholeLocked(typ byte, msg []byte) {
 	}
 }
 
+// gatherWhole adds datagram b, a chunk of a message of several datagrams
+// under one seal (outer type kind: 5 or 6, which share a header), to its
+// session's reassembly, if its inner type is one the session takes
+// (takes) and its counter is fresh. It returns the session and, once
+// the message is whole, its ciphertext (not yet authenticated); b is lent.
+func (m *UDPMux) gatherWhole(b []byte, kind byte, now int64, takes func(s *udpSession, typ byte) bool) (*udpSession, []byte) {
+	if len(b) <= udpSealedHeaderLen {
+		m.count(udpTruncated)
+		return nil, nil
+	}
+	s := m.receiver(b)
+	if s == nil {
+		return nil, nil
+	}
+	ctr := binary.BigEndian.Uint64(b[5:13])
+	typ, count, index := b[udpSealedHeaderType], b[udpSealedHeaderCount], b[udpSealedHeaderIndex]
+	if !takes(s, typ) || count == 0 || count > MaxFragments || index >= count {
+		m.count(udpBadMessage)
+		return nil, nil
+	}
+	if !s.replay.fresh(ctr) {
+		m.count(udpReplay)
+		return nil, nil
+	}
+	if kind != udpMsgSealed {
+		typ = kind // the two kinds' messages must not complete each other
+	}
+	return s, m.reassemble(s, s.sealedReasm, typ, ctr, index, count, b[udpSealedHeaderLen:], now)
+}
+
+// sealedTaken: every session takes frames sealed whole.
+func sealedTaken(_ *udpSession, typ byte) bool { return typ == MsgFrame || typ == MsgFrameGSO }
+
 // handleSealed gathers a chunk of a message sealed whole and, once the
 // message is complete, opens it and queues it. b is lent: Add copies the
 // chunk.
 func (m *UDPMux) handleSealed(b []byte, from netip.AddrPort, now int64) {
-	if len(b) <= udpSealedHeaderLen {
-		m.count(udpTruncated)
-		return
-	}
-	s := m.receiver(b)
-	if s == nil {
-		return
-	}
-	ctr := binary.BigEndian.Uint64(b[5:13])
-	typ, count, index := b[udpSealedHeaderType], b[udpSealedHeaderCount], b[udpSealedHeaderIndex]
-	if typ != MsgFrame && typ != MsgFrameGSO || count == 0 || count > MaxFragments || index >= count {
-		m.count(udpBadMessage)
-		return
-	}
-	if !s.replay.fresh(ctr) {
-		m.count(udpReplay)
-		return
-	}
-	msg := m.reassemble(s, s.sealedReasm, typ, ctr, index, count, b[udpSealedHeaderLen:], now)
+	s, msg := m.gatherWhole(b, udpMsgSealed, now, sealedTaken)
 	if msg == nil {
 		return
 	}
+	ctr := binary.BigEndian.Uint64(b[5:13])
+	typ, count := b[udpSealedHeaderType], b[udpSealedHeaderCount]
 	// A super-frame opens straight into the switch's buffer when the push
 	// path is free (one 64 KB copy fewer); anything else opens in place.
 	dst := msg[:0]
